@@ -1,0 +1,279 @@
+//! Builds the C shim for the chosen host and the Rust view of the boundary header.
+//!
+//! The shim must be compiled with exactly the defines the host binary was built with: they change
+//! struct layouts and what the host's macros expand to. We take them from the host tree's own
+//! configure output, never from a hand-kept list:
+//! - Kamailio: `C_DEFS`, `CC_PMUTEX_OPTS` and `CC_EXTRA_OPTS` from `$KAMAILIO_SRC/src/config.mak`,
+//!   the file `make cfg` writes (scripts/setup-debian.sh runs it the way debian/rules does).
+//! - OpenSIPS: `$(MOD_CFLAGS) $(DEFS)` as the tree's own makefiles compute them for its modules.
+//!
+//! The shim objects are handed to the linker only for the cdylib (`rustc-cdylib-link-arg`): the unit
+//! test harness never links them, since they need symbols that live only in the server binary.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=c-shim/apiban.h");
+    println!("cargo:rerun-if-env-changed=KAMAILIO_SRC");
+    println!("cargo:rerun-if-env-changed=OPENSIPS_SRC");
+
+    let kamailio = env::var_os("CARGO_FEATURE_KAMAILIO").is_some();
+    let opensips = env::var_os("CARGO_FEATURE_OPENSIPS").is_some();
+    match (kamailio, opensips) {
+        (true, false) => build_kamailio_shim(),
+        (false, true) => build_opensips_shim(),
+        (true, true) => stop(
+            "features `kamailio` and `opensips` are exclusive: for OpenSIPS build with \
+             `--no-default-features --features opensips`",
+        ),
+        (false, false) => stop("choose a host: `--features kamailio` (default) or `--features opensips`"),
+    }
+    generate_bindings();
+}
+
+/// Ends the build with a message that says what to do. Cargo shows build-script panics in full.
+fn stop(msg: &str) -> ! {
+    eprintln!("\napiban build: {msg}\n");
+    panic!("apiban build: {msg}");
+}
+
+fn generate_bindings() {
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("boundary.rs");
+    // bindgen panics with a terse message when libclang is missing; say what to install instead.
+    let result = std::panic::catch_unwind(|| {
+        bindgen::Builder::default()
+            .header("c-shim/apiban.h")
+            .allowlist_function("apiban_.*")
+            .allowlist_type("apiban_.*")
+            .allowlist_var("APIBAN_.*")
+            .use_core()
+            // Results are negative: keep every #define a signed int, as C sees them.
+            .default_macro_constant_type(bindgen::MacroTypeVariation::Signed)
+            .layout_tests(true)
+            .generate()
+    });
+    match result {
+        Ok(Ok(b)) => b.write_to_file(&out).expect("write boundary.rs"),
+        Ok(Err(e)) => stop(&format!("bindgen could not read c-shim/apiban.h: {e}")),
+        Err(_) => stop(
+            "bindgen needs libclang: run `apt-get install libclang-dev` \
+             (scripts/setup-debian.sh installs it), or set LIBCLANG_PATH",
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kamailio
+
+fn build_kamailio_shim() {
+    let src = PathBuf::from(env::var("KAMAILIO_SRC").unwrap_or_else(|_| "/usr/local/src/kamailio".into()));
+    let header = src.join("src/core/sr_module.h");
+    let config_mak = src.join("src/config.mak");
+    if !header.is_file() {
+        stop(&format!(
+            "no Kamailio source tree at {} (KAMAILIO_SRC). Run `scripts/setup-debian.sh` as root: it \
+             unpacks Debian's kamailio source there and configures it as debian/rules does",
+            src.display()
+        ));
+    }
+    if !config_mak.is_file() {
+        stop(&format!(
+            "the Kamailio tree at {} is not configured ({} is missing). Run `scripts/setup-debian.sh`, \
+             which runs `make cfg` with Debian's options",
+            src.display(),
+            config_mak.display()
+        ));
+    }
+    println!("cargo:rerun-if-changed={}", config_mak.display());
+    println!("cargo:rerun-if-changed=c-shim/kamailio/apiban_mod.c");
+
+    let mak = std::fs::read_to_string(&config_mak).expect("read config.mak");
+    let defs = make_var(&mak, "C_DEFS");
+    let removed = shell_words(&make_var(&mak, "DEFS_RM"));
+    let mut flags: Vec<String> = shell_words(&defs).into_iter().filter(|d| !removed.contains(d)).collect();
+    if !flags.iter().any(|f| f.starts_with("-DVERSIONVAL=")) {
+        stop(&format!("{} has no C_DEFS with VERSIONVAL: re-run scripts/setup-debian.sh", config_mak.display()));
+    }
+    // The shared-mutex define is not in C_DEFS, yet it changes what a lock is.
+    flags.extend(shell_words(&make_var(&mak, "CC_PMUTEX_OPTS")));
+    // Debian's CPPFLAGS/CFLAGS (fortify level and friends), as the package passed them.
+    flags.extend(shell_words(&make_var(&mak, "CC_EXTRA_OPTS")).into_iter().filter(|f| f.starts_with("-D")));
+
+    let mut b = cc::Build::new();
+    b.file("c-shim/kamailio/apiban_mod.c")
+        .include("c-shim")
+        .include(src.join("src"))
+        .define("MOD_NAME", "\"apiban\"")
+        .pic(true)
+        .warnings(true)
+        .extra_warnings(false)
+        .flag_if_supported("-Wno-unused-parameter");
+    for f in &flags {
+        b.flag(f);
+    }
+    link_shim_objects(b, "apiban_kamailio_shim");
+}
+
+/// The value of `NAME=...` (or `NAME= ...`) in a make fragment; empty when absent.
+fn make_var(mak: &str, name: &str) -> String {
+    mak.lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter_map(|rest| rest.strip_prefix('=')) // `NAME=`, not `NAME:=` or `NAME_X=`
+        .next_back()
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// Splits a make value the way the shell would for the compiler's argv: whitespace separates words,
+/// single and double quotes group and are removed (`-DNAME='"kamailio"'` becomes `-DNAME="kamailio"`).
+fn shell_words(s: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    for c in s.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => cur.push(c),
+            None if c == '\'' || c == '"' => {
+                quote = Some(c);
+                in_word = true;
+            }
+            None if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            None => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    words
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenSIPS
+
+fn build_opensips_shim() {
+    let src = PathBuf::from(env::var("OPENSIPS_SRC").unwrap_or_else(|_| "/usr/local/src/opensips".into()));
+    println!("cargo:rerun-if-changed=c-shim/opensips/apiban_mod.c");
+    let binary = src.join("opensips");
+    if !src.join("sr_module.h").is_file() || !src.join("Makefile.defs").is_file() {
+        stop(&format!(
+            "no OpenSIPS source tree at {} (OPENSIPS_SRC): build OpenSIPS 3.6 from source and point \
+             OPENSIPS_SRC at the tree",
+            src.display()
+        ));
+    }
+    if !binary.is_file() {
+        stop(&format!(
+            "the OpenSIPS tree at {} is not built (no {}): run `make` there first",
+            src.display(),
+            binary.display()
+        ));
+    }
+    let flags = opensips_flags(&src);
+    check_opensips_version(&src, &binary);
+
+    let mut b = cc::Build::new();
+    b.no_default_flags(true)
+        .file("c-shim/opensips/apiban_mod.c")
+        .include("c-shim")
+        .include(&src)
+        .define("MOD_NAME", "\"apiban\"")
+        .pic(true)
+        .warnings(true)
+        .extra_warnings(false);
+    for f in &flags {
+        b.flag(f);
+    }
+    b.flag("-O2");
+    link_shim_objects(b, "apiban_opensips_shim");
+}
+
+/// Asks the tree's own makefiles for the flags they give a module, with a cleared environment
+/// (cargo exports PROFILE, which OpenSIPS's makefiles would paste into CFLAGS).
+fn opensips_flags(src: &Path) -> Vec<String> {
+    let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let mk = out_dir.join("apiban-flags.mk");
+    std::fs::write(&mk, "apiban-print-flags:\n\t@printf '%s\\n' $(MOD_CFLAGS) $(DEFS)\n").unwrap();
+    let out = Command::new("make")
+        .env_clear()
+        .env("PATH", env::var("PATH").unwrap_or_default())
+        .env("HOME", env::var("HOME").unwrap_or_default())
+        .arg("-s")
+        .arg("-C")
+        .arg(src)
+        .arg("-f")
+        .arg("Makefile")
+        .arg("-f")
+        .arg(&mk)
+        .arg("apiban-print-flags")
+        .output()
+        .unwrap_or_else(|e| stop(&format!("cannot run make in {}: {e}", src.display())));
+    if !out.status.success() {
+        stop(&format!(
+            "make in {} could not print the module flags: {}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let flags: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if !flags.iter().any(|f| f.starts_with("-DVERSION=")) {
+        stop(&format!("the OpenSIPS tree at {} gave no -DVERSION flag: is it configured?", src.display()));
+    }
+    flags
+}
+
+/// The tree's headers must describe the binary next to them: a version mismatch is refused at load.
+fn check_opensips_version(src: &Path, binary: &Path) {
+    let out = Command::new(binary)
+        .arg("-V")
+        .output()
+        .unwrap_or_else(|e| stop(&format!("cannot run {} -V: {e}", binary.display())));
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let bin_ver = text
+        .lines()
+        .find_map(|l| l.strip_prefix("version: opensips "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or("")
+        .to_string();
+    let mk = std::fs::read_to_string(src.join("Makefile.defs")).unwrap_or_default();
+    let part = |n: &str| make_var(&mk.replace(" = ", "="), n);
+    let tree_ver = format!("{}.{}.{}", part("VERSION"), part("PATCHLEVEL"), part("SUBLEVEL"));
+    if bin_ver.is_empty() || !tree_ver.starts_with(&bin_ver) && !bin_ver.starts_with(&tree_ver) {
+        stop(&format!(
+            "{} reports version '{bin_ver}' but the tree at {} is '{tree_ver}': rebuild the tree",
+            binary.display(),
+            src.display()
+        ));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Compiles the shim to objects and links them into the cdylib only.
+fn link_shim_objects(b: cc::Build, name: &str) {
+    let objects = b.compile_intermediates();
+    if objects.is_empty() {
+        stop(&format!("{name}: the C compiler produced no object"));
+    }
+    for o in objects {
+        println!("cargo:rustc-cdylib-link-arg={}", o.display());
+    }
+}

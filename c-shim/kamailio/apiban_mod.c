@@ -1,0 +1,306 @@
+/*
+ * apiban module for Kamailio 5.6: the host side of the boundary.
+ *
+ * Translation only: Kamailio's export tables, parameter setters, the script functions, RPC and
+ * KEMI wrappers, the refresher process registration and the LM_* logger. Every decision is made
+ * by the Rust core behind c-shim/apiban.h.
+ *
+ * The symbols Kamailio looks up with dlsym (exports, module_version, module_flags, mod_register)
+ * are defined in Rust (src/host/kamailio.rs) and point at the tables here: rustc's cdylib linking
+ * drops data symbols defined in C. The _Static_asserts and apiban_kam_exports_size guard the
+ * Rust mirror of struct module_exports.
+ */
+
+#include <stdio.h>
+#include <string.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+
+#include "core/sr_module.h"
+#include "core/ver_defs.h"
+#include "core/dprint.h"
+#include "core/mod_fix.h"
+#include "core/rpc.h"
+#include "core/pt.h"
+#include "core/ip_addr.h"
+#include "core/kemi.h"
+#include "core/cfg/cfg_struct.h"
+#include "core/parser/msg_parser.h"
+
+#include "apiban.h"
+
+/* Version strings as arrays, so that Rust can take their addresses for module_version/flags. */
+const char apiban_kam_version[] = SER_FULL_VERSION;
+const char apiban_kam_flags[] = SER_COMPILE_FLAGS;
+const char apiban_kam_name[] = "apiban";
+const size_t apiban_kam_exports_size = sizeof(struct module_exports);
+
+_Static_assert(sizeof(struct module_exports) == 80, "module_exports layout changed: update src/host/kamailio.rs");
+_Static_assert(offsetof(struct module_exports, init_mod_f) == 56, "module_exports layout changed");
+
+/* ---- logging ---------------------------------------------------------------------------- */
+
+static void apiban_kam_log(int level, const char *msg, size_t len)
+{
+	int n = len > 4096 ? 4096 : (int)len;
+	/* LOG_FN: the module's prefix without this wrapper's file, line and function. */
+	switch(level) {
+		case APIBAN_LOG_ERR: LOG_FN(DEFAULT_FACILITY, L_ERR, "apiban: ", "%.*s\n", n, msg); break;
+		case APIBAN_LOG_WARN: LOG_FN(DEFAULT_FACILITY, L_WARN, "apiban: ", "%.*s\n", n, msg); break;
+		case APIBAN_LOG_INFO: LOG_FN(DEFAULT_FACILITY, L_INFO, "apiban: ", "%.*s\n", n, msg); break;
+		default: LOG_FN(DEFAULT_FACILITY, L_DBG, "apiban: ", "%.*s\n", n, msg); break;
+	}
+}
+
+static int apiban_kam_log_enabled(int level)
+{
+	static const int map[] = {L_ERR, L_WARN, L_INFO, L_DBG};
+	int l = (level >= 0 && level <= 3) ? map[level] : L_DBG;
+	return is_printable(l);
+}
+
+static void apiban_kam_tick(void)
+{
+	cfg_update();
+}
+
+static const struct apiban_host apiban_kam_host = {
+	apiban_kam_log, apiban_kam_log_enabled, apiban_kam_tick};
+
+/* ---- parameters: each one is handed to the core as text ------------------------------- */
+
+static int apiban_kam_param(const char *name, modparam_t type, void *val)
+{
+	char num[32];
+	if(PARAM_TYPE_MASK(type) == PARAM_INT) {
+		int n = snprintf(num, sizeof(num), "%d", (int)(long)val);
+		return apiban_param(name, num, (size_t)n) == 0 ? 0 : -1;
+	}
+	if(val == NULL) {
+		LM_ERR("parameter '%s': no value\n", name);
+		return -1;
+	}
+	return apiban_param(name, (const char *)val, strlen((const char *)val)) == 0 ? 0 : -1;
+}
+
+#define APIBAN_PARAM(n)                                          \
+	static int apiban_kam_param_##n(modparam_t type, void *val) \
+	{                                                            \
+		return apiban_kam_param(#n, type, val);                  \
+	}
+#define APIBAN_PARAM_ENTRIES(n)                                       \
+	{#n, PARAM_STRING | PARAM_USE_FUNC, (void *)apiban_kam_param_##n}, \
+	{#n, PARAM_INT | PARAM_USE_FUNC, (void *)apiban_kam_param_##n}
+
+APIBAN_PARAM(apikey)
+APIBAN_PARAM(apikey_file)
+APIBAN_PARAM(url)
+APIBAN_PARAM(api_version)
+APIBAN_PARAM(set)
+APIBAN_PARAM(interval)
+APIBAN_PARAM(max_entries)
+APIBAN_PARAM(timeout)
+APIBAN_PARAM(rate_limit)
+APIBAN_PARAM(snapshot_file)
+APIBAN_PARAM(ttl)
+APIBAN_PARAM(full_resync)
+APIBAN_PARAM(allow)
+APIBAN_PARAM(allow_file)
+
+/* Both an int and a string entry per name: modparam("apiban", "interval", "abc") then reaches
+ * the core, which refuses it with a message naming the parameter, instead of the core's
+ * "parameter not found". */
+param_export_t apiban_kam_params[] = {
+	APIBAN_PARAM_ENTRIES(apikey),
+	APIBAN_PARAM_ENTRIES(apikey_file),
+	APIBAN_PARAM_ENTRIES(url),
+	APIBAN_PARAM_ENTRIES(api_version),
+	APIBAN_PARAM_ENTRIES(set),
+	APIBAN_PARAM_ENTRIES(interval),
+	APIBAN_PARAM_ENTRIES(max_entries),
+	APIBAN_PARAM_ENTRIES(timeout),
+	APIBAN_PARAM_ENTRIES(rate_limit),
+	APIBAN_PARAM_ENTRIES(snapshot_file),
+	APIBAN_PARAM_ENTRIES(ttl),
+	APIBAN_PARAM_ENTRIES(full_resync),
+	APIBAN_PARAM_ENTRIES(allow),
+	APIBAN_PARAM_ENTRIES(allow_file),
+	{0, 0, 0}};
+
+/* ---- script functions ------------------------------------------------------------------ */
+
+static int apiban_kam_check_src(sip_msg_t *msg)
+{
+	return apiban_check_addr(msg->rcv.src_ip.u.addr, msg->rcv.src_ip.len);
+}
+
+static int w_apiban_check0(sip_msg_t *msg, char *p1, char *p2)
+{
+	return apiban_kam_check_src(msg);
+}
+
+static int apiban_kam_check_str(str *s)
+{
+	return apiban_check_text(s->s, (size_t)s->len);
+}
+
+static int w_apiban_check1(sip_msg_t *msg, char *p1, char *p2)
+{
+	str ip;
+	if(fixup_get_svalue(msg, (gparam_t *)p1, &ip) < 0)
+		return APIBAN_BAD_ADDRESS;
+	return apiban_kam_check_str(&ip);
+}
+
+cmd_export_t apiban_kam_cmds[] = {
+	{"apiban_check", (cmd_function)w_apiban_check0, 0, 0, 0, ANY_ROUTE},
+	{"apiban_check", (cmd_function)w_apiban_check1, 1, fixup_spve_null, fixup_free_spve_null, ANY_ROUTE},
+	{0, 0, 0, 0, 0, 0}};
+
+/* ---- KEMI ------------------------------------------------------------------------------ */
+
+static int ki_apiban_check(sip_msg_t *msg)
+{
+	return apiban_kam_check_src(msg);
+}
+
+static int ki_apiban_check_ip(sip_msg_t *msg, str *ip)
+{
+	return apiban_kam_check_str(ip);
+}
+
+static sr_kemi_t apiban_kam_kemi[] = {
+	{str_init("apiban"), str_init("apiban_check"), SR_KEMIP_INT, ki_apiban_check,
+		{SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE}},
+	{str_init("apiban"), str_init("apiban_check_ip"), SR_KEMIP_INT, ki_apiban_check_ip,
+		{SR_KEMIP_STR, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE}},
+	{{0, 0}, {0, 0}, 0, NULL, {0, 0, 0, 0, 0, 0}}};
+
+/* ---- RPC ------------------------------------------------------------------------------- */
+
+static const char *apiban_rpc_stats_doc[] = {"Counters and sync status of the APIBAN table.", 0};
+static const char *apiban_rpc_reload_doc[] = {"Pull the full APIBAN list now (the refresher acts within a second).", 0};
+static const char *apiban_rpc_check_doc[] = {"Tell whether an address is listed: apiban.check IP.", 0};
+
+static void apiban_rpc_stats(rpc_t *rpc, void *ctx)
+{
+	struct apiban_stats st;
+	void *th;
+
+	if(apiban_stats_get(&st) < 0) {
+		rpc->fault(ctx, 500, "apiban is not initialised");
+		return;
+	}
+	if(rpc->add(ctx, "{", &th) < 0) {
+		rpc->fault(ctx, 500, "cannot create the reply");
+		return;
+	}
+	/* 'u'/'J' keep integers integers in kamcmd and JSON-RPC output. */
+	rpc->struct_add(th, "JJJJJJJJJsJJJJJJJJJs",
+			"entries", (unsigned long long)st.entries,
+			"ipv4", (unsigned long long)st.ipv4,
+			"ipv6", (unsigned long long)st.ipv6,
+			"checks", (unsigned long long)st.checks,
+			"hits", (unsigned long long)st.hits,
+			"last_sync", (unsigned long long)st.last_sync,
+			"last_id", (unsigned long long)st.last_id,
+			"requests", (unsigned long long)st.requests,
+			"sync_ms", (unsigned long long)st.sync_ms,
+			"last_error", st.last_error,
+			"syncs", (unsigned long long)st.syncs,
+			"sync_failures", (unsigned long long)st.sync_failures,
+			"rate_limited", (unsigned long long)st.rate_limited,
+			"skipped", (unsigned long long)st.skipped,
+			"overflow", (unsigned long long)st.overflow,
+			"expired", (unsigned long long)st.expired,
+			"allowed", (unsigned long long)st.allowed,
+			"backoff_until", (unsigned long long)st.backoff_until,
+			"max_entries", (unsigned long long)st.max_entries,
+			"state", st.state);
+}
+
+static void apiban_rpc_reload(rpc_t *rpc, void *ctx)
+{
+	if(apiban_reload() < 0) {
+		rpc->fault(ctx, 500, "apiban is not initialised");
+		return;
+	}
+	rpc->rpl_printf(ctx, "Ok. Full pull requested.");
+}
+
+static void apiban_rpc_check(rpc_t *rpc, void *ctx)
+{
+	str ip = STR_NULL;
+	struct apiban_verdict v;
+	void *th;
+
+	if(rpc->scan(ctx, "S", &ip) < 1) {
+		rpc->fault(ctx, 400, "usage: apiban.check IP");
+		return;
+	}
+	if(apiban_admin_check(ip.s, (size_t)ip.len, &v) < 0) {
+		rpc->fault(ctx, 500, "apiban is not initialised");
+		return;
+	}
+	if(rpc->add(ctx, "{", &th) < 0) {
+		rpc->fault(ctx, 500, "cannot create the reply");
+		return;
+	}
+	rpc->struct_add(th, "Sdss", "ip", &ip, "listed", v.result == APIBAN_LISTED ? 1 : 0,
+			"result", v.result == APIBAN_LISTED ? "listed"
+					: v.result == APIBAN_NOT_LISTED ? "not listed" : "bad address",
+			"detail", v.detail);
+}
+
+rpc_export_t apiban_kam_rpc[] = {
+	{"apiban.stats", apiban_rpc_stats, apiban_rpc_stats_doc, 0},
+	{"apiban.reload", apiban_rpc_reload, apiban_rpc_reload_doc, 0},
+	{"apiban.check", apiban_rpc_check, apiban_rpc_check_doc, 0},
+	{0, 0, 0, 0}};
+
+/* ---- module life cycle ----------------------------------------------------------------- */
+
+/* Called from Rust's mod_register at load, before any modparam. */
+int apiban_kam_register(void)
+{
+	apiban_set_host(&apiban_kam_host);
+	sr_kemi_modules_add(apiban_kam_kemi);
+	return 0;
+}
+
+int apiban_kam_mod_init(void)
+{
+	if(apiban_mod_init() < 0)
+		return -1;
+	/* Reserve the refresher's process slot, or the core reports "Process limit exceeded". */
+	if(register_procs(1) < 0) {
+		LM_ERR("cannot register the refresher process\n");
+		return -1;
+	}
+	cfg_register_child(1);
+	return 0;
+}
+
+int apiban_kam_child_init(int rank)
+{
+	int pid;
+
+	if(rank != PROC_MAIN)
+		return 0;
+	pid = fork_process(PROC_NOCHLDINIT, "APIBAN REFRESHER", 0);
+	if(pid < 0) {
+		LM_ERR("cannot fork the refresher process\n");
+		return -1;
+	}
+	if(pid == 0) {
+		if(cfg_child_init())
+			exit(-1);
+		apiban_refresher_main(); /* never returns */
+		exit(-1);
+	}
+	return 0;
+}
+
+void apiban_kam_destroy(void)
+{
+}

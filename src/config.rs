@@ -1,0 +1,358 @@
+//! Module parameters: parsed and checked as the operator sets them, then checked together at
+//! mod_init. Every message names the parameter and says what is wrong with the value; none
+//! ever contains the API key.
+
+use ipnet::IpNet;
+use std::path::PathBuf;
+
+pub const DEFAULT_URL: &str = "https://apiban.org";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub apikey: Option<String>,
+    pub apikey_file: Option<PathBuf>,
+    pub url: String,
+    pub api_version: u8,
+    pub set: String,
+    /// Seconds between incremental pulls.
+    pub interval: u64,
+    pub max_entries: usize,
+    /// Connect and read timeout of one request, seconds; a whole request gets twice this.
+    pub timeout: u64,
+    /// At most `rate_limit.0` requests in any `rate_limit.1` seconds.
+    pub rate_limit: (u32, u64),
+    pub snapshot_file: Option<PathBuf>,
+    /// Seconds an entry stays listed after the batch that listed it.
+    pub ttl: u64,
+    /// Seconds between full pulls that rebuild the table from scratch.
+    pub full_resync: u64,
+    pub allow: Vec<(IpNet, String)>,
+    pub allow_file: Option<PathBuf>,
+}
+
+/// The parameters after mod_init's checks: the key resolved, the allow-list complete.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub key: String,
+    pub cfg: Config,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            apikey: None,
+            apikey_file: None,
+            url: DEFAULT_URL.into(),
+            api_version: 2,
+            set: "sip".into(),
+            interval: 300,
+            max_entries: 1_000_000,
+            timeout: 10,
+            rate_limit: (11, 120),
+            snapshot_file: None,
+            ttl: 7 * 86400,
+            full_resync: 86400,
+            allow: Vec::new(),
+            allow_file: None,
+        }
+    }
+}
+
+/// Upper bound of max_entries whatever the memory: 128 bytes of reservation per entry.
+const MAX_ENTRIES_CAP: usize = 100_000_000;
+
+fn err(name: &str, what: String) -> String {
+    format!("parameter '{name}': {what}")
+}
+
+/// Seconds, optionally with a unit: 90, 90s, 5m, 2h, 7d.
+pub fn parse_seconds(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let (num, mult) = match v.char_indices().last()? {
+        (i, 's') => (&v[..i], 1),
+        (i, 'm') => (&v[..i], 60),
+        (i, 'h') => (&v[..i], 3600),
+        (i, 'd') => (&v[..i], 86400),
+        _ => (v, 1),
+    };
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+fn seconds(name: &str, v: &str, min: u64, max: u64) -> Result<u64, String> {
+    match parse_seconds(v) {
+        None => Err(err(name, format!("'{v}' is not a number of seconds (e.g. 300, 5m, 7d)"))),
+        Some(n) if n < min => Err(err(name, format!("{n} is too small: at least {min} second(s)"))),
+        Some(n) if n > max => Err(err(name, format!("{n} is too large: at most {max} seconds"))),
+        Some(n) => Ok(n),
+    }
+}
+
+fn path(name: &str, v: &str) -> Result<PathBuf, String> {
+    if v.trim().is_empty() {
+        return Err(err(name, "empty path".into()));
+    }
+    Ok(PathBuf::from(v.trim()))
+}
+
+/// An address or a CIDR range; a bare address is a host route.
+pub fn parse_cidr(v: &str) -> Option<IpNet> {
+    let v = v.trim();
+    if let Ok(n) = v.parse::<IpNet>() {
+        return Some(n.trunc());
+    }
+    crate::addr::parse_text(v.as_bytes()).map(|k| IpNet::from(k.to_ip()))
+}
+
+fn check_url(v: &str) -> Result<String, String> {
+    let v = v.trim().trim_end_matches('/');
+    let rest = v
+        .strip_prefix("https://")
+        .or_else(|| v.strip_prefix("http://"))
+        .ok_or_else(|| err("url", format!("'{v}' must start with https:// or http://")))?;
+    let host = rest.split('/').next().unwrap_or("");
+    let host_only = if host.starts_with('[') {
+        host.split(']').next().unwrap_or("").trim_start_matches('[')
+    } else {
+        host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+    };
+    if host_only.is_empty()
+        || host.contains('@')
+        || rest.contains(|c: char| c.is_whitespace() || c == '?' || c == '#')
+    {
+        return Err(err("url", format!("'{v}' is not a base URL like https://apiban.org")));
+    }
+    if let Some((_, port)) = host.rsplit_once(':').filter(|_| !host.ends_with(']')) {
+        if port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(err("url", format!("'{v}' has a bad port '{port}'")));
+        }
+    }
+    Ok(v.to_string())
+}
+
+impl Config {
+    /// Sets one parameter from its text. Called once per modparam line.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        let v = value.trim();
+        match name {
+            "apikey" => {
+                if v.is_empty() || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                    return Err(err(name, "empty or contains blanks or control characters".into()));
+                }
+                if self.apikey.is_some() {
+                    return Err(err(name, "set twice".into()));
+                }
+                self.apikey = Some(v.to_string());
+            }
+            "apikey_file" => self.apikey_file = Some(path(name, v)?),
+            "url" => self.url = check_url(v)?,
+            "api_version" => {
+                self.api_version = match v {
+                    "1" => 1,
+                    "2" => 2,
+                    _ => return Err(err(name, format!("'{v}' is not a supported API version (1 or 2)"))),
+                }
+            }
+            "set" => {
+                if !matches!(v, "sip" | "http" | "all") {
+                    return Err(err(name, format!("'{v}' is not an APIBAN set (sip, http or all)")));
+                }
+                self.set = v.to_string();
+            }
+            "interval" => self.interval = seconds(name, v, 1, 7 * 86400)?,
+            "timeout" => self.timeout = seconds(name, v, 1, 300)?,
+            "ttl" => self.ttl = seconds(name, v, 60, 365 * 86400)?,
+            "full_resync" => self.full_resync = seconds(name, v, 60, 365 * 86400)?,
+            "max_entries" => {
+                let n: usize = v
+                    .parse()
+                    .map_err(|_| err(name, format!("'{v}' is not a number of entries")))?;
+                if n == 0 {
+                    return Err(err(name, "must be at least 1".into()));
+                }
+                if n > MAX_ENTRIES_CAP {
+                    return Err(err(name, format!("{n} is beyond the limit of {MAX_ENTRIES_CAP}")));
+                }
+                self.max_entries = n;
+            }
+            "rate_limit" => {
+                let parsed = v.split_once('/').and_then(|(n, w)| Some((n.trim().parse::<u32>().ok()?, parse_seconds(w)?)));
+                match parsed {
+                    Some((n, w)) if n >= 1 && w >= 1 => self.rate_limit = (n, w),
+                    _ => return Err(err(name, format!("'{v}' is not REQUESTS/SECONDS like 11/120"))),
+                }
+            }
+            "snapshot_file" => self.snapshot_file = Some(path(name, v)?),
+            "allow" => {
+                let net = parse_cidr(v).ok_or_else(|| err(name, format!("'{v}' is not an address or CIDR range")))?;
+                self.allow.push((net, format!("allow {v}")));
+            }
+            "allow_file" => self.allow_file = Some(path(name, v)?),
+            _ => return Err(format!("unknown parameter '{name}'")),
+        }
+        Ok(())
+    }
+
+    /// Checks the parameters together and reads the files they name.
+    pub fn finish(mut self, phys_mem: Option<u64>) -> Result<Settings, String> {
+        let key = match (&self.apikey, &self.apikey_file) {
+            (Some(_), Some(_)) => return Err(err("apikey_file", "set together with apikey: use one of them".into())),
+            (Some(k), None) => k.clone(),
+            (None, Some(p)) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| err("apikey_file", format!("cannot read {}: {e}", p.display())))?;
+                let k = text.trim();
+                if k.is_empty() || k.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                    return Err(err("apikey_file", format!("{} holds no single key", p.display())));
+                }
+                k.to_string()
+            }
+            (None, None) => String::new(),
+        };
+        if key.is_empty() && self.url == DEFAULT_URL {
+            return Err(err("apikey", "no API key: set apikey or apikey_file (keys are free at apiban.org)".into()));
+        }
+        if let Some(mem) = phys_mem {
+            // Worst case both generations of both families full: 2 × 2 slots × (8 + 24) bytes.
+            let need = self.max_entries as u64 * 128;
+            if need > mem {
+                return Err(err(
+                    "max_entries",
+                    format!("{} entries may need {} MB, more than this machine's {} MB", self.max_entries, need >> 20, mem >> 20),
+                ));
+            }
+        }
+        if let Some(p) = &self.allow_file {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| err("allow_file", format!("cannot read {}: {e}", p.display())))?;
+            for (i, line) in text.lines().enumerate() {
+                let l = line.split('#').next().unwrap_or("").trim();
+                if l.is_empty() {
+                    continue;
+                }
+                let net = parse_cidr(l).ok_or_else(|| {
+                    err("allow_file", format!("{} line {}: '{l}' is not an address or CIDR range", p.display(), i + 1))
+                })?;
+                self.allow.push((net, format!("allow_file {}:{} {l}", p.display(), i + 1)));
+            }
+        }
+        Ok(Settings { key, cfg: self })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(pairs: &[(&str, &str)]) -> Result<Config, String> {
+        let mut c = Config::default();
+        for (n, v) in pairs {
+            c.set(n, v)?;
+        }
+        Ok(c)
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::default();
+        assert_eq!((c.url.as_str(), c.api_version, c.set.as_str(), c.interval), (DEFAULT_URL, 2, "sip", 300));
+        assert_eq!((c.rate_limit, c.ttl, c.full_resync, c.timeout), ((11, 120), 604800, 86400, 10));
+    }
+
+    #[test]
+    fn good_values() {
+        let c = set(&[
+            ("apikey", "abc123"),
+            ("url", "http://127.0.0.1:8080/"),
+            ("api_version", "1"),
+            ("set", "all"),
+            ("interval", "1"),
+            ("ttl", "7d"),
+            ("max_entries", "5000"),
+            ("rate_limit", "100/1"),
+            ("allow", "10.0.0.0/8"),
+            ("allow", "2001:db8::1"),
+        ])
+        .unwrap();
+        assert_eq!(c.url, "http://127.0.0.1:8080");
+        assert_eq!((c.api_version, c.interval, c.ttl, c.max_entries, c.rate_limit), (1, 1, 604800, 5000, (100, 1)));
+        assert_eq!(c.allow.len(), 2);
+        let s = c.finish(None).unwrap();
+        assert_eq!(s.key, "abc123");
+    }
+
+    #[test]
+    fn bad_values_name_the_parameter() {
+        for (n, v) in [
+            ("interval", "abc"),
+            ("interval", "0"),
+            ("interval", "-5"),
+            ("timeout", "0"),
+            ("url", "ftp://x"),
+            ("url", "https://"),
+            ("url", "https://a b"),
+            ("url", "http://h:99999"),
+            ("api_version", "3"),
+            ("set", "voip"),
+            ("max_entries", "0"),
+            ("max_entries", "lots"),
+            ("max_entries", "1000000000000"),
+            ("rate_limit", "11"),
+            ("rate_limit", "0/120"),
+            ("allow", "10.0.0.0/33"),
+            ("allow", "example.com"),
+            ("apikey", ""),
+            ("apikey", "a b"),
+        ] {
+            let e = set(&[(n, v)]).unwrap_err();
+            assert!(e.contains(&format!("'{n}'")), "{n}={v}: {e}");
+        }
+        assert!(set(&[("nosuch", "1")]).unwrap_err().contains("unknown parameter 'nosuch'"));
+    }
+
+    #[test]
+    fn checks_together() {
+        let e = set(&[]).unwrap().finish(None).unwrap_err();
+        assert!(e.contains("'apikey'") && e.contains("no API key"), "{e}");
+        let e = set(&[("apikey", "k1234"), ("apikey_file", "/nonexistent")]).unwrap().finish(None).unwrap_err();
+        assert!(e.contains("'apikey_file'"), "{e}");
+        let e = set(&[("apikey_file", "/nonexistent/key")]).unwrap().finish(None).unwrap_err();
+        assert!(e.contains("'apikey_file'") && e.contains("cannot read"), "{e}");
+        let e = set(&[("apikey", "k1234"), ("max_entries", "90000000")]).unwrap().finish(Some(1 << 30)).unwrap_err();
+        assert!(e.contains("'max_entries'"), "{e}");
+        // No key is fine with a feed of one's own.
+        assert!(set(&[("url", "http://127.0.0.1:9")]).unwrap().finish(None).is_ok());
+    }
+
+    #[test]
+    fn files_are_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("apiban-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key");
+        std::fs::write(&key, "  secretkey42\n").unwrap();
+        let allow = dir.join("allow");
+        std::fs::write(&allow, "# office\n192.0.2.0/24\n\n2001:db8::/32 # lab\n").unwrap();
+        let s = set(&[("apikey_file", key.to_str().unwrap()), ("allow_file", allow.to_str().unwrap())])
+            .unwrap()
+            .finish(None)
+            .unwrap();
+        assert_eq!(s.key, "secretkey42");
+        assert_eq!(s.cfg.allow.len(), 2);
+        std::fs::write(&allow, "192.0.2.0/24\nbogus\n").unwrap();
+        let e = set(&[("apikey", "k1234"), ("allow_file", allow.to_str().unwrap())]).unwrap().finish(None).unwrap_err();
+        assert!(e.contains("'allow_file'") && e.contains("line 2"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn seconds_with_units() {
+        assert_eq!(parse_seconds("90"), Some(90));
+        assert_eq!(parse_seconds("5m"), Some(300));
+        assert_eq!(parse_seconds("2h"), Some(7200));
+        assert_eq!(parse_seconds("7d"), Some(604800));
+        assert_eq!(parse_seconds("m"), None);
+        assert_eq!(parse_seconds("1.5"), None);
+    }
+}

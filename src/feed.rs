@@ -1,0 +1,373 @@
+//! The APIBAN client: one request, one reply, classified. Paging, pacing and retries are the
+//! refresher's. Reply parsing is a pure function of status and body, so every reply shape of
+//! apiban-api.md is unit-tested (and fuzzed) without a network.
+//!
+//! Error texts never contain a URL: with API v1 the key is part of it.
+
+use crate::addr::Key;
+use serde_json::Value;
+use std::io::Read;
+use std::time::Duration;
+
+/// The ID that starts a full pull, as the official clients send it.
+pub const START_ID: u64 = 100;
+
+/// A reply of the feed, made sense of.
+#[derive(Debug, Default, PartialEq)]
+pub struct Batch {
+    pub addrs: Vec<Key>,
+    /// Tokens that were not addresses.
+    pub skipped: u64,
+    /// The numeric ID to ask for next, when the reply had one.
+    pub id: Option<u64>,
+    /// The feed said there is nothing newer (the end marker).
+    pub end: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeedError {
+    /// 401, or 403 that is not the end marker: a wrong or missing key.
+    Unauthorized(u16),
+    /// 429. `retry_after` in seconds when the server said.
+    RateLimited { retry_after: Option<u64> },
+    /// 5xx.
+    Server(u16),
+    /// Any other status that is not a batch or the end marker.
+    Status(u16),
+    /// Connect, DNS, TLS, reset, timeout: no usable reply.
+    Transport(String),
+    /// The body was larger than the cap.
+    TooLarge(usize),
+    /// A 200 whose body is not an APIBAN reply.
+    BadReply(String),
+}
+
+impl std::fmt::Display for FeedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FeedError::Unauthorized(c) => write!(f, "HTTP {c}: the API key was refused"),
+            FeedError::RateLimited { retry_after: Some(s) } => write!(f, "HTTP 429: rate limited (Retry-After {s} s)"),
+            FeedError::RateLimited { retry_after: None } => write!(f, "HTTP 429: rate limited"),
+            FeedError::Server(c) => write!(f, "HTTP {c}: server error"),
+            FeedError::Status(c) => write!(f, "HTTP {c}: unexpected status"),
+            FeedError::Transport(m) => write!(f, "no reply: {m}"),
+            FeedError::TooLarge(n) => write!(f, "reply larger than {n} bytes: refused"),
+            FeedError::BadReply(m) => write!(f, "bad reply: {m}"),
+        }
+    }
+}
+
+/// Classifies one reply. `cursor` is the ID the request asked for, to refuse IDs going back.
+pub fn parse_reply(status: u16, body: &[u8], retry_after: Option<&str>, cursor: u64) -> Result<Batch, FeedError> {
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    let id_is_none = matches!(json.as_ref().and_then(|j| j.get("ID")), Some(Value::String(s)) if s.eq_ignore_ascii_case("none"));
+
+    match status {
+        200 => {}
+        // The end marker: nothing newer than the ID we sent.
+        400 | 403 | 404 if id_is_none => return Ok(Batch { end: true, ..Batch::default() }),
+        401 | 403 => return Err(FeedError::Unauthorized(status)),
+        429 => {
+            let retry_after = retry_after.and_then(|v| v.trim().parse::<u64>().ok());
+            return Err(FeedError::RateLimited { retry_after });
+        }
+        500..=599 => return Err(FeedError::Server(status)),
+        _ => return Err(FeedError::Status(status)),
+    }
+
+    let json = match json {
+        Some(j @ Value::Object(_)) => j,
+        Some(_) => return Err(FeedError::BadReply("JSON is not an object".into())),
+        None if body.is_empty() => return Err(FeedError::BadReply("empty body".into())),
+        None => return Err(FeedError::BadReply("not JSON".into())),
+    };
+    let id_field = json.get("ID");
+    let mut batch = Batch::default();
+    match json.get("ipaddress") {
+        Some(Value::Array(items)) => {
+            batch.addrs.reserve(items.len());
+            for it in items {
+                match it.as_str().and_then(|s| crate::addr::parse_text(s.as_bytes())) {
+                    Some(k) => batch.addrs.push(k),
+                    // "no new bans" beside ID none is the end marker's text, not a bad token.
+                    None if id_is_none => {}
+                    None => batch.skipped += 1,
+                }
+            }
+        }
+        // Some replies carry one string: an address, or a phrase meaning "no data".
+        Some(Value::String(s)) => match crate::addr::parse_text(s.as_bytes()) {
+            Some(k) => batch.addrs.push(k),
+            None if id_is_none => {}
+            None => batch.skipped += 1,
+        },
+        Some(Value::Null) | None => return Err(FeedError::BadReply("no ipaddress field".into())),
+        Some(_) => return Err(FeedError::BadReply("ipaddress is neither a list nor a string".into())),
+    }
+    match id_field {
+        _ if id_is_none => batch.end = true,
+        Some(Value::String(s)) => match s.trim().parse::<u64>() {
+            Ok(id) => batch.id = Some(id),
+            Err(_) => return Err(FeedError::BadReply("ID is not a number".into())),
+        },
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(id) => batch.id = Some(id),
+            None => return Err(FeedError::BadReply("ID is not a number".into())),
+        },
+        Some(_) => return Err(FeedError::BadReply("ID is not a number".into())),
+        None => return Err(FeedError::BadReply("no ID field".into())),
+    }
+    if let Some(id) = batch.id {
+        if id < cursor {
+            return Err(FeedError::BadReply(format!("ID went backwards ({id} after {cursor})")));
+        }
+        // Same ID again: the feed has nothing newer (guards against a request loop).
+        if id == cursor {
+            batch.end = true;
+        }
+    }
+    Ok(batch)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiVersion {
+    V1,
+    V2,
+}
+
+pub struct Feed {
+    agent: ureq::Agent,
+    url: String,
+    key: String,
+    version: ApiVersion,
+    set: String,
+    max_body: usize,
+}
+
+/// Largest reply accepted: a batch of 250 is ~5 KB; this leaves room for servers that send far
+/// bigger batches, and refuses a runaway body before it fills the refresher's memory.
+pub const MAX_BODY: usize = 16 << 20;
+
+impl Feed {
+    pub fn new(url: &str, key: &str, version: ApiVersion, set: &str, timeout: Duration) -> Feed {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(timeout)
+            .timeout_read(timeout)
+            .timeout_write(timeout)
+            // A trickling server must not hold the refresher forever.
+            .timeout(timeout * 2)
+            // The key travels in a header (v2) or the path (v1): never follow it elsewhere.
+            .redirects(0)
+            .user_agent(concat!("apiban-module/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Feed { agent, url: url.to_string(), key: key.to_string(), version, set: set.to_string(), max_body: MAX_BODY }
+    }
+
+    #[cfg(test)]
+    pub fn with_max_body(mut self, n: usize) -> Feed {
+        self.max_body = n;
+        self
+    }
+
+    /// Asks for the batch after `id` and classifies the reply.
+    pub fn fetch(&self, id: u64) -> Result<Batch, FeedError> {
+        let result = match self.version {
+            ApiVersion::V2 => self
+                .agent
+                .post(&format!("{}/api/get", self.url))
+                .set("Authorization", &format!("Bearer {}", self.key))
+                .set("Content-Type", "application/json")
+                .send_string(&serde_json::json!({"set": self.set, "id": id.to_string()}).to_string()),
+            ApiVersion::V1 => self.agent.get(&format!("{}/api/{}/banned/{}", self.url, self.key, id)).call(),
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(ureq::Error::Transport(t)) => return Err(FeedError::Transport(transport_text(&t))),
+        };
+        let status = resp.status();
+        let retry_after = resp.header("Retry-After").map(str::to_string);
+        let mut body = Vec::new();
+        let limit = self.max_body as u64 + 1;
+        if let Err(e) = resp.into_reader().take(limit).read_to_end(&mut body) {
+            return Err(FeedError::Transport(format!("reading the body: {}", io_text(&e))));
+        }
+        if body.len() > self.max_body {
+            return Err(FeedError::TooLarge(self.max_body));
+        }
+        parse_reply(status, &body, retry_after.as_deref(), id)
+    }
+}
+
+/// ureq's own messages name the URL; build ours from the kind and the underlying I/O error.
+fn transport_text(t: &ureq::Transport) -> String {
+    use std::error::Error;
+    let kind = t.kind().to_string();
+    let mut src = t.source();
+    while let Some(e) = src {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return format!("{kind}: {}", io_text(io));
+        }
+        src = e.source();
+    }
+    kind
+}
+
+fn io_text(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => "timed out".into(),
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+        std::io::ErrorKind::UnexpectedEof => "connection closed early".into(),
+        k => format!("{k}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(body: &str) -> Result<Batch, FeedError> {
+        parse_reply(200, body.as_bytes(), None, START_ID)
+    }
+
+    #[test]
+    fn a_batch_with_an_array() {
+        let b = ok(r#"{"ipaddress":["192.0.2.1","198.51.100.7","2001:db8::5"],"ID":"1664386920"}"#).unwrap();
+        assert_eq!(b.addrs.len(), 3);
+        assert_eq!((b.id, b.end, b.skipped), (Some(1664386920), false, 0));
+    }
+
+    #[test]
+    fn a_batch_with_one_string_and_a_numeric_id() {
+        let b = ok(r#"{"ipaddress":"192.0.2.1","ID":1664386920}"#).unwrap();
+        assert_eq!((b.addrs.len(), b.id), (1, Some(1664386920)));
+    }
+
+    #[test]
+    fn end_markers() {
+        for (status, body) in [
+            (400, r#"{"ipaddress":["no new bans"],"ID":"none"}"#),
+            (400, r#"{"ipaddress":"no new bans","ID":"none"}"#),
+            (403, r#"{"ipaddress":["no new bans"],"ID":"none"}"#),
+            (404, r#"{"ipaddress":["no new bans"],"ID":"none"}"#),
+            (200, r#"{"ipaddress":["no new bans"],"ID":"none"}"#),
+        ] {
+            let b = parse_reply(status, body.as_bytes(), None, 1700000000).unwrap();
+            assert!(b.end && b.addrs.is_empty() && b.id.is_none() && b.skipped == 0, "{status} {body}");
+        }
+        // 200 with addresses and ID none: keep the addresses, then stop.
+        let b = ok(r#"{"ipaddress":["192.0.2.9"],"ID":"none"}"#).unwrap();
+        assert!(b.end && b.addrs.len() == 1);
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        let e = |s: u16, b: &str, ra: Option<&str>| parse_reply(s, b.as_bytes(), ra, START_ID).unwrap_err();
+        assert_eq!(e(403, r#"{"ipaddress":"none","ID":"unauthorized"}"#, None), FeedError::Unauthorized(403));
+        assert_eq!(e(401, "", None), FeedError::Unauthorized(401));
+        assert_eq!(e(429, "{}", Some("30")), FeedError::RateLimited { retry_after: Some(30) });
+        assert_eq!(e(429, "", None), FeedError::RateLimited { retry_after: None });
+        assert_eq!(e(503, "<html>", None), FeedError::Server(503));
+        assert_eq!(e(302, "", None), FeedError::Status(302));
+        assert_eq!(e(400, r#"{"ipaddress":"bad","ID":"x"}"#, None), FeedError::Status(400));
+    }
+
+    #[test]
+    fn bad_bodies_are_refused() {
+        for body in [
+            "",
+            "<html><body>502 Bad Gateway</body></html>",
+            r#"{"ipaddress": [1.2.3.4,}"#,
+            r#"{"ipaddress":["192.0.2.1"],"ID":"16643"#,
+            r#"["192.0.2.1"]"#,
+            r#"{"ID":"1664386920"}"#,
+            r#"{"ipaddress":42,"ID":"1664386920"}"#,
+            r#"{"ipaddress":["192.0.2.1"]}"#,
+            r#"{"ipaddress":["192.0.2.1"],"ID":"abc"}"#,
+            r#"{"ipaddress":["192.0.2.1"],"ID":-5}"#,
+        ] {
+            assert!(matches!(ok(body), Err(FeedError::BadReply(_))), "{body}");
+        }
+    }
+
+    #[test]
+    fn ids_going_back_are_refused_and_a_repeat_ends() {
+        let r = parse_reply(200, br#"{"ipaddress":["192.0.2.1"],"ID":"1600000000"}"#, None, 1700000000);
+        assert!(matches!(r, Err(FeedError::BadReply(m)) if m.contains("backwards")));
+        let b = parse_reply(200, br#"{"ipaddress":[],"ID":"1700000000"}"#, None, 1700000000).unwrap();
+        assert!(b.end);
+    }
+
+    #[test]
+    fn tokens_that_are_not_addresses_are_skipped_and_counted() {
+        let b = ok(r#"{"ipaddress":["192.0.2.1","not-an-ip","999.1.1.1","",null,7,"1.2.3.4/24","192.0.2.1"],"ID":"1700000001"}"#)
+            .unwrap();
+        assert_eq!(b.addrs.len(), 2); // duplicates collapse later, in the set
+        assert_eq!(b.skipped, 6);
+    }
+
+    #[test]
+    fn transport_errors_do_not_show_the_url_or_key() {
+        // Nothing listens on port 9 of 127.0.0.1 in the test sandbox.
+        let f = Feed::new("http://127.0.0.1:9", "SECRETKEY123", ApiVersion::V1, "sip", Duration::from_secs(2));
+        let e = f.fetch(START_ID).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, FeedError::Transport(_)), "{text}");
+        assert!(!text.contains("SECRETKEY123") && !text.contains("127.0.0.1"), "{text}");
+    }
+
+    /// Reads headers and a Content-Length body, however the client split its writes.
+    fn read_request(s: &mut std::net::TcpStream) -> String {
+        let mut data = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            data.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&data).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len = text
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                    .unwrap_or(0usize);
+                if data.len() >= end + 4 + len || n == 0 {
+                    return text;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fetch_against_a_local_server_v1_and_v2() {
+        use std::io::Write;
+        use std::net::TcpListener;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                let (mut s, _) = l.accept().unwrap();
+                let req = read_request(&mut s);
+                let body = if req.contains("/api/get") || req.contains("/banned/100 ") {
+                    r#"{"ipaddress":["192.0.2.1","192.0.2.2"],"ID":"1700000000"}"#.to_string()
+                } else {
+                    "x".repeat(5000)
+                };
+                write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+                seen.push(req);
+            }
+            seen
+        });
+        let base = format!("http://127.0.0.1:{port}");
+        let v2 = Feed::new(&base, "KEY2", ApiVersion::V2, "sip", Duration::from_secs(5));
+        assert_eq!(v2.fetch(START_ID).unwrap().addrs.len(), 2);
+        let v1 = Feed::new(&base, "KEY1", ApiVersion::V1, "sip", Duration::from_secs(5));
+        assert_eq!(v1.fetch(START_ID).unwrap().id, Some(1700000000));
+        let small = Feed::new(&base, "KEY1", ApiVersion::V1, "sip", Duration::from_secs(5)).with_max_body(1000);
+        assert_eq!(small.fetch(1700000000).unwrap_err(), FeedError::TooLarge(1000));
+        let seen = server.join().unwrap();
+        assert!(seen[0].starts_with("POST /api/get "), "{}", seen[0]);
+        assert!(seen[0].contains("Bearer KEY2") && seen[0].contains(r#""set":"sip""#) && seen[0].contains(r#""id":"100""#));
+        assert!(seen[1].starts_with("GET /api/KEY1/banned/100 "), "{}", seen[1]);
+    }
+}

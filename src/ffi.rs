@@ -1,0 +1,164 @@
+//! Every function the shims call, and the only `unsafe` that touches C data.
+//!
+//! Each one catches panics: an unwinding panic must never cross into the host, and an abort
+//! would take the whole server down. A caught panic is logged (by the hook installed in
+//! mod_init) and the function returns a safe answer: "not listed" for checks, -1 elsewhere.
+
+use crate::boundary::{self, apiban_host, apiban_stats, apiban_verdict, APIBAN_BAD_ADDRESS, APIBAN_NOT_LISTED};
+use crate::log::log_err;
+use crate::module;
+use std::os::raw::{c_char, c_int};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+fn guard<R>(what: &str, fallback: R, f: impl FnOnce() -> R) -> R {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => {
+            log_err!("{what}: internal error, answered safely (see the previous message)");
+            fallback
+        }
+    }
+}
+
+/// # Safety
+/// `ptr` is null or points to `len` readable bytes that stay valid for the call.
+unsafe fn bytes<'a>(ptr: *const c_char, len: usize) -> &'a [u8] {
+    if ptr.is_null() || len == 0 {
+        &[]
+    } else {
+        // SAFETY: the caller's contract.
+        unsafe { std::slice::from_raw_parts(ptr.cast(), len) }
+    }
+}
+
+/// # Safety
+/// `host` is null or points to a table that lives as long as the process.
+#[no_mangle]
+pub unsafe extern "C" fn apiban_set_host(host: *const apiban_host) {
+    crate::log::set_host(host);
+}
+
+/// # Safety
+/// `name` is a NUL-terminated string; `value` points to `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn apiban_param(name: *const c_char, value: *const c_char, len: usize) -> c_int {
+    guard("apiban_param", -1, || {
+        if name.is_null() {
+            return -1;
+        }
+        // SAFETY: the caller's contract.
+        let name = unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy();
+        // SAFETY: the caller's contract.
+        let value = String::from_utf8_lossy(unsafe { bytes(value, len) });
+        match module::set_param(&name, &value) {
+            Ok(()) => 0,
+            Err(e) => {
+                log_err!("{e}");
+                -1
+            }
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn apiban_mod_init() -> c_int {
+    crate::log::install_panic_hook();
+    guard("apiban_mod_init", -1, || match module::init() {
+        Ok(()) => 0,
+        Err(e) => {
+            log_err!("{e}");
+            -1
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn apiban_refresher_main() {
+    match module::get() {
+        Some(m) => crate::refresher::run(m),
+        None => {
+            log_err!("refresher started without mod_init: it will stay idle");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+    }
+}
+
+/// # Safety
+/// `addr` points to `len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn apiban_check_addr(addr: *const u8, len: usize) -> c_int {
+    guard("apiban_check", APIBAN_NOT_LISTED, || {
+        let Some(m) = module::get() else { return APIBAN_NOT_LISTED };
+        // SAFETY: the caller's contract.
+        match crate::addr::Key::from_bytes(unsafe { bytes(addr.cast(), len) }) {
+            Some(k) => m.check(k),
+            None => APIBAN_BAD_ADDRESS,
+        }
+    })
+}
+
+/// # Safety
+/// `text` points to `len` readable bytes (no NUL needed).
+#[no_mangle]
+pub unsafe extern "C" fn apiban_check_text(text: *const c_char, len: usize) -> c_int {
+    guard("apiban_check", APIBAN_NOT_LISTED, || {
+        let Some(m) = module::get() else { return APIBAN_NOT_LISTED };
+        // SAFETY: the caller's contract.
+        m.check_text(unsafe { bytes(text, len) })
+    })
+}
+
+/// # Safety
+/// `out` points to a writable `struct apiban_stats`.
+#[no_mangle]
+pub unsafe extern "C" fn apiban_stats_get(out: *mut apiban_stats) -> c_int {
+    guard("apiban.stats", -1, || {
+        // SAFETY: the caller's contract.
+        let (Some(m), Some(out)) = (module::get(), unsafe { out.as_mut() }) else { return -1 };
+        m.stats_into(out);
+        0
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn apiban_reload() -> c_int {
+    guard("apiban.reload", -1, || match module::get() {
+        Some(m) => {
+            m.request_reload();
+            0
+        }
+        None => -1,
+    })
+}
+
+/// # Safety
+/// `text` points to `len` readable bytes; `out` to a writable `struct apiban_verdict`.
+#[no_mangle]
+pub unsafe extern "C" fn apiban_admin_check(text: *const c_char, len: usize, out: *mut apiban_verdict) -> c_int {
+    guard("apiban.check", -1, || {
+        // SAFETY: the caller's contract.
+        let (Some(m), Some(out)) = (module::get(), unsafe { out.as_mut() }) else { return -1 };
+        // SAFETY: the caller's contract.
+        m.admin_check(unsafe { bytes(text, len) }, out);
+        0
+    })
+}
+
+// The definitions above must have exactly the types bindgen read from c-shim/apiban.h.
+type HostFn = unsafe extern "C" fn(*const apiban_host);
+type ParamFn = unsafe extern "C" fn(*const c_char, *const c_char, usize) -> c_int;
+type CheckAddrFn = unsafe extern "C" fn(*const u8, usize) -> c_int;
+type CheckTextFn = unsafe extern "C" fn(*const c_char, usize) -> c_int;
+type StatsFn = unsafe extern "C" fn(*mut apiban_stats) -> c_int;
+type VerdictFn = unsafe extern "C" fn(*const c_char, usize, *mut apiban_verdict) -> c_int;
+const _: [HostFn; 2] = [apiban_set_host, boundary::apiban_set_host];
+const _: [ParamFn; 2] = [apiban_param, boundary::apiban_param];
+const _: [unsafe extern "C" fn() -> c_int; 4] =
+    [apiban_mod_init, boundary::apiban_mod_init, apiban_reload, boundary::apiban_reload];
+const _: [unsafe extern "C" fn(); 2] = [apiban_refresher_main, boundary::apiban_refresher_main];
+const _: [CheckAddrFn; 2] = [apiban_check_addr, boundary::apiban_check_addr];
+const _: [CheckTextFn; 2] = [apiban_check_text, boundary::apiban_check_text];
+const _: [StatsFn; 2] = [apiban_stats_get, boundary::apiban_stats_get];
+const _: [VerdictFn; 2] = [apiban_admin_check, boundary::apiban_admin_check];

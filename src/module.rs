@@ -1,0 +1,249 @@
+//! The module's state in one process and what the boundary asks of it.
+//!
+//! `MODULE` is set once in the main process by mod_init, before the fork; each child gets a copy
+//! of this Rust value whose `table` and `stats` point into the same shared mappings. Nothing in
+//! it changes after the fork except through those mappings.
+
+use crate::addr::{self, Key};
+use crate::allow::AllowList;
+use crate::boundary::{apiban_stats, apiban_verdict, APIBAN_BAD_ADDRESS, APIBAN_LISTED, APIBAN_NOT_LISTED};
+use crate::config::{Config, Settings};
+use crate::log::{log_info, log_warn};
+use crate::snapshot::{self, Snapshot};
+use crate::stats::Stats;
+use crate::table::Table;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
+
+pub struct Module {
+    pub settings: Settings,
+    pub table: Table,
+    pub stats: Stats,
+    pub allow: AllowList,
+    /// The snapshot read at start, handed to the refresher (its copy, after the fork).
+    pub initial: Mutex<Option<Snapshot>>,
+}
+
+static MODULE: OnceLock<Module> = OnceLock::new();
+/// Parameters as modparam lines set them, before mod_init; main process only.
+static PARAMS: Mutex<Option<Config>> = Mutex::new(None);
+
+pub fn get() -> Option<&'static Module> {
+    MODULE.get()
+}
+
+pub fn set_param(name: &str, value: &str) -> Result<(), String> {
+    let mut p = PARAMS.lock().unwrap_or_else(|e| e.into_inner());
+    p.get_or_insert_with(Config::default).set(name, value)
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn phys_mem() -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    (pages > 0 && size > 0).then(|| pages as u64 * size as u64)
+}
+
+/// mod_init: check the parameters, make the shared table, load the snapshot.
+pub fn init() -> Result<(), String> {
+    if MODULE.get().is_some() {
+        return Ok(());
+    }
+    let cfg = PARAMS.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+    let settings = cfg.finish(phys_mem())?;
+    crate::log::set_secret(&settings.key);
+    let max = settings.cfg.max_entries;
+    let table = Table::new(max).map_err(|e| {
+        format!("parameter 'max_entries': cannot reserve shared memory for {max} entries: {e}")
+    })?;
+    let stats = Stats::new().map_err(|e| format!("cannot create the shared statistics: {e}"))?;
+    let now = unix_now();
+    table.set_now(now);
+    stats.get().max_entries.store(max as u64, Relaxed);
+
+    let mut initial = None;
+    if let Some(path) = &settings.cfg.snapshot_file {
+        match snapshot::load(path, max) {
+            Ok(s) => {
+                let (v4, v6) = split_live(&s.entries, settings.cfg.ttl, now, max);
+                table.publish(&crate::table::Entries { v4: &v4, v6: &v6 }, now ^ 0x5eed);
+                let c = stats.get();
+                c.entries.store((v4.len() + v6.len()) as u64, Relaxed);
+                c.ipv4.store(v4.len() as u64, Relaxed);
+                c.ipv6.store(v6.len() as u64, Relaxed);
+                c.last_id.store(s.last_id, Relaxed);
+                c.last_sync.store(s.saved_at, Relaxed);
+                log_info!(
+                    "snapshot {} loaded: {} entries ({} still listed), last ID {}",
+                    path.display(),
+                    s.entries.len(),
+                    v4.len() + v6.len(),
+                    s.last_id
+                );
+                initial = Some(s);
+            }
+            Err(e) if e.contains("No such file") => {
+                log_info!("snapshot {}: none yet, starting empty", path.display())
+            }
+            Err(e) => log_warn!("snapshot {} ignored: {e}; starting empty", path.display()),
+        }
+    }
+    let allow = AllowList::new(settings.cfg.allow.clone());
+    log_info!(
+        "initialised: feed {} (API v{}, set {}), every {} s, up to {} entries ({} MB of shared memory reserved, used as filled), {} allow rule(s)",
+        settings.cfg.url,
+        settings.cfg.api_version,
+        settings.cfg.set,
+        settings.cfg.interval,
+        max,
+        table.reserved_bytes() >> 20,
+        allow.len()
+    );
+    let _ = MODULE.set(Module { settings, table, stats, allow, initial: Mutex::new(initial) });
+    Ok(())
+}
+
+/// Entries still listed at `now`, as the table stores them (address, expiry), newest first
+/// when more than `max` must be cut.
+pub type LiveSets = (Vec<(u32, u32)>, Vec<(u128, u32)>);
+
+pub fn split_live(entries: &[(Key, u32)], ttl: u64, now: u64, max: usize) -> LiveSets {
+    let mut live: Vec<(Key, u32)> = entries
+        .iter()
+        .filter_map(|&(k, at)| {
+            let exp = (at as u64 + ttl).min(u32::MAX as u64);
+            (exp > now).then_some((k, exp as u32))
+        })
+        .collect();
+    if live.len() > max {
+        live.sort_unstable_by_key(|e| std::cmp::Reverse(e.1));
+        live.truncate(max);
+    }
+    let mut v4 = Vec::with_capacity(live.len());
+    let mut v6 = Vec::new();
+    for (k, exp) in live {
+        match k {
+            Key::V4(a) => v4.push((a, exp)),
+            Key::V6(a) => v6.push((a, exp)),
+        }
+    }
+    (v4, v6)
+}
+
+impl Module {
+    /// The lookup path of the script functions.
+    #[inline]
+    pub fn check(&self, key: Key) -> i32 {
+        let c = self.stats.get();
+        c.checks.0.fetch_add(1, Relaxed);
+        if !self.table.contains(key) {
+            return APIBAN_NOT_LISTED;
+        }
+        if !self.allow.is_empty() && self.allow.find(key).is_some() {
+            c.allowed.0.fetch_add(1, Relaxed);
+            return APIBAN_NOT_LISTED;
+        }
+        c.hits.0.fetch_add(1, Relaxed);
+        APIBAN_LISTED
+    }
+
+    pub fn check_text(&self, text: &[u8]) -> i32 {
+        match addr::parse_text(text) {
+            Some(k) => self.check(k),
+            None => {
+                self.log_bad_address(text);
+                APIBAN_BAD_ADDRESS
+            }
+        }
+    }
+
+    /// At most one line per 10 s per process, formatted on the stack.
+    fn log_bad_address(&self, text: &[u8]) {
+        static LAST: AtomicU64 = AtomicU64::new(0);
+        static MUTED: AtomicU64 = AtomicU64::new(0);
+        let now = self.table.now();
+        let last = LAST.load(Relaxed);
+        if now < last + 10 {
+            MUTED.fetch_add(1, Relaxed);
+            return;
+        }
+        LAST.store(now, Relaxed);
+        let mut buf = [0u8; 200];
+        let mut n = 0;
+        let mut put = |b: &[u8]| {
+            for &c in b {
+                if n < buf.len() {
+                    buf[n] = c;
+                    n += 1;
+                }
+            }
+        };
+        put(b"apiban_check: '");
+        for &c in text.iter().take(64) {
+            put(&[if (0x20..0x7f).contains(&c) && c != b'\'' { c } else { b'?' }]);
+        }
+        put(b"' is not an IP address");
+        let muted = MUTED.swap(0, Relaxed);
+        if muted > 0 {
+            let mut digits = [0u8; 20];
+            let mut i = digits.len();
+            let mut m = muted;
+            while m > 0 {
+                i -= 1;
+                digits[i] = b'0' + (m % 10) as u8;
+                m /= 10;
+            }
+            put(b" (");
+            put(&digits[i..]);
+            put(b" more since the last message)");
+        }
+        crate::log::write_raw(crate::log::Level::Warn, &buf[..n]);
+    }
+
+    pub fn admin_check(&self, text: &[u8], out: &mut apiban_verdict) {
+        let (result, detail) = match addr::parse_text(text) {
+            None => (APIBAN_BAD_ADDRESS, "not an IP address".to_string()),
+            Some(k) if !self.table.contains(k) => (APIBAN_NOT_LISTED, "not listed".to_string()),
+            Some(k) => match self.allow.find(k) {
+                Some(rule) => (APIBAN_NOT_LISTED, format!("listed by the feed, allowed by {rule}")),
+                None => (APIBAN_LISTED, "listed".to_string()),
+            },
+        };
+        out.result = result;
+        copy_text(&mut out.detail, &detail);
+    }
+
+    pub fn stats_into(&self, out: &mut apiban_stats) {
+        self.stats.snapshot(out);
+    }
+
+    pub fn request_reload(&self) {
+        self.stats.get().reload.store(1, Relaxed);
+    }
+}
+
+fn copy_text(dst: &mut [std::os::raw::c_char], s: &str) {
+    let n = s.len().min(dst.len() - 1);
+    for (d, b) in dst.iter_mut().zip(s.as_bytes()[..n].iter()) {
+        *d = *b as _;
+    }
+    dst[n] = 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_live_drops_expired_and_keeps_the_newest() {
+        let e = vec![(Key::V4(1), 100), (Key::V4(2), 200), (Key::V6(3), 300), (Key::V4(4), 10)];
+        let (v4, v6) = split_live(&e, 50, 120, 10);
+        assert_eq!(v4, vec![(1, 150), (2, 250)]);
+        assert_eq!(v6, vec![(3, 350)]);
+        let (v4, v6) = split_live(&e, 50, 120, 2);
+        assert_eq!((v4, v6), (vec![(2, 250)], vec![(3, 350)]));
+    }
+}

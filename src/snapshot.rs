@@ -1,0 +1,170 @@
+//! The on-disk snapshot: the table and the last feed ID, so that a restart blocks at once even
+//! while APIBAN is down.
+//!
+//! Format (little endian): magic `APIBANSN`, version u32, reserved u32, last_id u64, saved_at u64,
+//! n4 u64, n6 u64, then n4 × (address u32, listed_at u32), n6 × (address u128, listed_at u32),
+//! then an FNV-1a 64 checksum of everything before it. Written to a temporary file in the same
+//! directory, fsynced, renamed over the old one, and the directory fsynced: a crash leaves the old
+//! snapshot or the new one, never a mix. Anything that does not verify is refused whole.
+
+use crate::addr::Key;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+
+const MAGIC: &[u8; 8] = b"APIBANSN";
+const VERSION: u32 = 1;
+const HEADER: usize = 8 + 4 + 4 + 8 + 8 + 8 + 8;
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub last_id: u64,
+    pub saved_at: u64,
+    /// Address and the time its batch listed it.
+    pub entries: Vec<(Key, u32)>,
+}
+
+fn fnv1a(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+pub fn encode(s: &Snapshot) -> Vec<u8> {
+    let v4: Vec<_> = s.entries.iter().filter_map(|&(k, t)| if let Key::V4(a) = k { Some((a, t)) } else { None }).collect();
+    let v6: Vec<_> = s.entries.iter().filter_map(|&(k, t)| if let Key::V6(a) = k { Some((a, t)) } else { None }).collect();
+    let mut out = Vec::with_capacity(HEADER + v4.len() * 8 + v6.len() * 20 + 8);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&s.last_id.to_le_bytes());
+    out.extend_from_slice(&s.saved_at.to_le_bytes());
+    out.extend_from_slice(&(v4.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(v6.len() as u64).to_le_bytes());
+    for (a, t) in v4 {
+        out.extend_from_slice(&a.to_le_bytes());
+        out.extend_from_slice(&t.to_le_bytes());
+    }
+    for (a, t) in v6 {
+        out.extend_from_slice(&a.to_le_bytes());
+        out.extend_from_slice(&t.to_le_bytes());
+    }
+    let sum = fnv1a(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    out
+}
+
+/// Verifies and decodes; `max_entries` bounds what a file can make us allocate.
+pub fn decode(data: &[u8], max_entries: usize) -> Result<Snapshot, String> {
+    if data.len() < HEADER + 8 {
+        return Err(format!("too short ({} bytes)", data.len()));
+    }
+    if &data[..8] != MAGIC {
+        return Err("not an apiban snapshot".into());
+    }
+    let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap());
+    let version = u32_at(8);
+    if version != VERSION {
+        return Err(format!("format version {version}, this module reads {VERSION}"));
+    }
+    let (n4, n6) = (u64_at(32), u64_at(40));
+    if n4.saturating_add(n6) > 2 * max_entries as u64 {
+        return Err(format!("{} entries, more than max_entries allows", n4.saturating_add(n6)));
+    }
+    let expect = n4
+        .checked_mul(8)
+        .zip(n6.checked_mul(20))
+        .and_then(|(a, b)| a.checked_add(b))
+        .and_then(|x| x.checked_add(HEADER as u64 + 8))
+        .ok_or("entry counts overflow")?;
+    if data.len() as u64 != expect {
+        return Err(format!("truncated or padded ({} bytes, expected {expect})", data.len()));
+    }
+    let body = data.len() - 8;
+    if fnv1a(&data[..body]) != u64_at(body) {
+        return Err("checksum mismatch".into());
+    }
+    let mut entries = Vec::with_capacity((n4 + n6) as usize);
+    let mut o = HEADER;
+    for _ in 0..n4 {
+        entries.push((Key::V4(u32_at(o)), u32_at(o + 4)));
+        o += 8;
+    }
+    for _ in 0..n6 {
+        let a = u128::from_le_bytes(data[o..o + 16].try_into().unwrap());
+        entries.push((Key::V6(a), u32_at(o + 16)));
+        o += 20;
+    }
+    Ok(Snapshot { last_id: u64_at(16), saved_at: u64_at(24), entries })
+}
+
+pub fn save(path: &Path, s: &Snapshot) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("apiban.snapshot");
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&encode(s))?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+pub fn load(path: &Path, max_entries: usize) -> Result<Snapshot, String> {
+    let data = fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    decode(&data, max_entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Snapshot {
+        Snapshot {
+            last_id: 1_700_000_123,
+            saved_at: 1_700_000_200,
+            entries: vec![(Key::V4(0xC000_0201), 1_700_000_000), (Key::V6(0x2001_0db8 << 96 | 9), 1_700_000_100)],
+        }
+    }
+
+    #[test]
+    fn round_trip_through_a_file() {
+        let p = std::env::temp_dir().join(format!("apiban-snap-{}", std::process::id()));
+        save(&p, &sample()).unwrap();
+        assert_eq!(load(&p, 10).unwrap(), sample());
+        fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn damage_is_refused() {
+        let good = encode(&sample());
+        assert!(decode(&good[..good.len() - 1], 10).unwrap_err().contains("truncated"));
+        assert!(decode(&good[..10], 10).unwrap_err().contains("too short"));
+        let mut flipped = good.clone();
+        flipped[HEADER + 2] ^= 1;
+        assert!(decode(&flipped, 10).unwrap_err().contains("checksum"));
+        let mut other = good.clone();
+        other[8] = 9;
+        assert!(decode(&other, 10).unwrap_err().contains("version"));
+        assert!(decode(b"APIBANSX and more bytes than the header needs to be long", 10).is_err());
+        assert!(decode(&good, 0).unwrap_err().contains("max_entries"));
+        let mut huge = good.clone();
+        huge[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode(&huge, usize::MAX / 4).is_err());
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_not_a_panic() {
+        assert!(load(Path::new("/nonexistent/apiban.snapshot"), 10).unwrap_err().contains("cannot read"));
+    }
+}
