@@ -69,11 +69,11 @@ pub fn init() -> Result<(), String> {
         match snapshot::load(path, max) {
             Ok(s) => {
                 let (v4, v6) = split_live(&s.entries, settings.cfg.ttl, now, max);
-                table.publish(&crate::table::Entries { v4: &v4, v6: &v6 }, now ^ 0x5eed);
+                let (n4, n6) = table.publish(&crate::table::Entries { v4: &v4, v6: &v6 }, now ^ 0x5eed);
                 let c = stats.get();
-                c.entries.store((v4.len() + v6.len()) as u64, Relaxed);
-                c.ipv4.store(v4.len() as u64, Relaxed);
-                c.ipv6.store(v6.len() as u64, Relaxed);
+                c.entries.store((n4 + n6) as u64, Relaxed);
+                c.ipv4.store(n4 as u64, Relaxed);
+                c.ipv6.store(n6 as u64, Relaxed);
                 c.last_id.store(s.last_id, Relaxed);
                 c.last_sync.store(s.saved_at, Relaxed);
                 log_info!(

@@ -90,7 +90,13 @@ struct Pull {
     dropped: u64,
     requests: u32,
     started: Instant,
+    /// When the gathered addresses were last published ahead of the pull's end.
+    shown: Instant,
 }
+
+/// A long pull (paced by the rate limit: minutes for a big list) publishes what it has so far at
+/// this interval, so a first start blocks early instead of after the last batch.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 struct Refresher {
     m: &'static Module,
@@ -193,6 +199,7 @@ impl Refresher {
             dropped: 0,
             requests: 0,
             started: Instant::now(),
+            shown: Instant::now(),
         });
         self.m.stats.get().state.put("syncing");
     }
@@ -216,6 +223,8 @@ impl Refresher {
                 self.take(batch);
                 if end {
                     self.finish();
+                } else {
+                    self.publish_progress();
                 }
             }
             Err(e) => self.failed(e, cursor),
@@ -343,16 +352,33 @@ impl Refresher {
         }
     }
 
+    /// Mid-pull: publishes what is held plus what this pull gathered so far. Only ever adds
+    /// addresses; the pull's end decides what is dropped.
+    fn publish_progress(&mut self) {
+        let Some(p) = self.pull.as_mut() else { return };
+        if p.shown.elapsed() < PROGRESS_EVERY || p.got.is_empty() {
+            return;
+        }
+        p.shown = Instant::now();
+        let mut entries: Vec<(Key, u32)> = self.master.iter().map(|(&k, &t)| (k, t)).collect();
+        entries.extend(p.got.iter().map(|(&k, &t)| (k, t)));
+        self.publish_entries(&entries, unix_now());
+    }
+
     fn publish(&mut self, now: u64) {
         let entries: Vec<(Key, u32)> = self.master.iter().map(|(&k, &t)| (k, t)).collect();
+        self.publish_entries(&entries, now);
+    }
+
+    fn publish_entries(&mut self, entries: &[(Key, u32)], now: u64) {
         let cfg = &self.m.settings.cfg;
-        let (v4, v6) = split_live(&entries, cfg.ttl, now, cfg.max_entries);
+        let (v4, v6) = split_live(entries, cfg.ttl, now, cfg.max_entries);
         let seed = self.rng ^ now.rotate_left(17);
-        self.m.table.publish(&Entries { v4: &v4, v6: &v6 }, seed);
+        let (n4, n6) = self.m.table.publish(&Entries { v4: &v4, v6: &v6 }, seed);
         let c = self.m.stats.get();
-        c.ipv4.store(v4.len() as u64, Relaxed);
-        c.ipv6.store(v6.len() as u64, Relaxed);
-        c.entries.store((v4.len() + v6.len()) as u64, Relaxed);
+        c.ipv4.store(n4 as u64, Relaxed);
+        c.ipv6.store(n6 as u64, Relaxed);
+        c.entries.store((n4 + n6) as u64, Relaxed);
     }
 
     fn save_snapshot(&self, now: u64) {

@@ -250,7 +250,8 @@ impl Table {
     /// Only one process may ever call this (the refresher): it is the single writer.
     /// Entries beyond `max_entries` per family are not stored; the caller bounds them first.
     /// Expiries of 0 are stored as 1 (0 marks an empty slot). Duplicates keep the later expiry.
-    pub fn publish(&self, e: &Entries, seed: u64) {
+    /// Returns how many distinct (IPv4, IPv6) addresses the new generation holds.
+    pub fn publish(&self, e: &Entries, seed: u64) -> (usize, usize) {
         let h = self.hdr();
         let cur = (h.current.load(Relaxed) & 1) as usize;
         let g = cur ^ 1;
@@ -324,6 +325,7 @@ impl Table {
         gen.len6.store(n6, Relaxed);
         gen.seq.store(s.wrapping_add(2) & !1, Release);
         h.current.store(g as u64, Release);
+        (n4 as usize, n6 as usize)
     }
 }
 

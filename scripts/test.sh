@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Sets up a Debian 12 machine (as root) and runs every test: unit tests of the Rust core, clippy,
+# and the end-to-end tests against the real Kamailio (and OpenSIPS, when a built tree is at
+# $OPENSIPS_SRC; otherwise that file prints SKIPPED).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+
+bash scripts/setup-debian.sh
+
+echo "== build (release, Kamailio)"
+cargo build --release --locked
+echo "== unit tests of the Rust core (no server)"
+cargo test --release --locked
+echo "== clippy"
+cargo clippy --release --locked --all-targets -- -D warnings
+echo "== end-to-end tests (real servers, fake APIBAN feed, SIP over loopback)"
+"$PYTHON" -m unittest discover -s tests -p 'test_*.py' -v

@@ -1,0 +1,251 @@
+"""Shared helpers for the end-to-end tests: real servers, real SIP, loopback only.
+
+Every test gets its own temp dir and ports, and stops every process it started, by PID.
+Standard library only. Start Python programs with sys.executable: on some machines `python3`
+is a shell shim whose PID is not the interpreter's.
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(REPO, "tests")
+sys.path.insert(0, TESTS)
+
+from fake_apiban import FakeApiban  # noqa: E402  (re-exported for the tests)
+
+KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
+KAMCMD = shutil.which("kamcmd") or "/usr/sbin/kamcmd"
+KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
+KAMAILIO_MODULE = os.path.join(REPO, "target", "release", "libapiban.so")
+KAMAILIO_CFG = os.path.join(REPO, "kamailio-cfg", "kamailio.cfg")
+
+
+def read_text(path):
+    with open(path) as f:
+        return f.read()
+
+
+def write_text(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def free_port():
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                    t.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port")
+
+
+def wait_until(fn, timeout=10.0, step=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def sip_options(src, port, headers=(), timeout=2.0, dst="127.0.0.1"):
+    """Sends one OPTIONS from `src` (a 127.0.0.x address) and returns the reply's status code,
+    or None when nothing came back."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((src, 0))
+        s.settimeout(timeout)
+        lport = s.getsockname()[1]
+        cid = uuid.uuid4().hex
+        extra = "".join(f"{h}\r\n" for h in headers)
+        msg = (
+            f"OPTIONS sip:{dst}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {src}:{lport};branch=z9hG4bK{cid[:12]}\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:test@{src}>;tag={cid[:8]}\r\n"
+            f"To: <sip:{dst}:{port}>\r\n"
+            f"Call-ID: {cid}\r\n"
+            "CSeq: 1 OPTIONS\r\n"
+            f"{extra}"
+            "Content-Length: 0\r\n\r\n"
+        )
+        s.sendto(msg.encode(), (dst, port))
+        try:
+            data = s.recv(65535).decode(errors="replace")
+        except socket.timeout:
+            return None
+        m = re.match(r"SIP/2\.0 (\d{3})", data)
+        return int(m.group(1)) if m else None
+
+
+class Proc:
+    """A child process we own: started with its output in a file, stopped by PID."""
+
+    def __init__(self, args, log_path, env=None, cwd=None):
+        self.args = args
+        self.log_path = log_path
+        self.log = open(log_path, "ab")
+        self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                  start_new_session=True)
+        self.pid = self.p.pid
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def stop(self, timeout=10):
+        if self.p.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+                self.p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.p.wait(timeout=5)
+            except ProcessLookupError:
+                pass
+        self.log.close()
+        return self.p.returncode
+
+    def output(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+
+def parse_kamcmd_struct(text):
+    """kamcmd prints a struct as `{ name: value ... }`, one field per line."""
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^\s*([A-Za-z_][\w.]*):\s?(.*)$", line)
+        if m:
+            v = m.group(2).strip()
+            out[m.group(1)] = int(v) if re.fullmatch(r"-?\d+", v) else v
+    return out
+
+
+class Kamailio:
+    """Debian's kamailio with the sample config (or a variant of it) and our module."""
+
+    def __init__(self, tmp, feed_url, key="test-key-4242", defines=None, modparams=(), extra_cfg="",
+                 cfg_text=None, module=KAMAILIO_MODULE):
+        self.tmp = tmp
+        self.port = free_port()
+        self.run_dir = os.path.join(tmp, "run")
+        os.makedirs(self.run_dir, exist_ok=True)
+        self.mod_dir = os.path.join(tmp, "modules")
+        os.makedirs(self.mod_dir, exist_ok=True)
+        # loadmodule "apiban.so" looks for that file name in mpath.
+        shutil.copy(module, os.path.join(self.mod_dir, "apiban.so"))
+        self.ctl = f"unix:{self.run_dir}/kamailio_ctl"
+        self.log_path = os.path.join(tmp, "kamailio.log")
+        self.key = key
+        d = {
+            "MODULE_PATH": f'"{KAMAILIO_MODULES}:{self.mod_dir}"',
+            "SIP_LISTEN": f"udp:127.0.0.1:{self.port}",
+            "APIBAN_URL": f'"{feed_url}"',
+            "APIBAN_KEY": f'"{key}"',
+            "APIBAN_INTERVAL": "300",
+            "APIBAN_RATE_LIMIT": '"1000/1"',
+            "APIBAN_SNAPSHOT": f'"{os.path.join(tmp, "apiban.snapshot")}"',
+        }
+        d.update(defines or {})
+        self.defines = d
+        text = cfg_text if cfg_text is not None else read_text(KAMAILIO_CFG)
+        extra = "".join(f'modparam("apiban", "{n}", {v})\n' for n, v in modparams) + extra_cfg
+        if extra:
+            text = text.replace("####### Routing logic #########", extra + "\n####### Routing logic #########", 1)
+        self.cfg = os.path.join(tmp, "kamailio.cfg")
+        write_text(self.cfg, text)
+        self.proc = None
+
+    def args(self):
+        a = [KAMAILIO, "-f", self.cfg, "-DD", "-E", "-Y", self.run_dir, "-w", self.run_dir, "-m", "64", "-M", "8"]
+        for k, v in self.defines.items():
+            a += ["-A", f"{k}={v}" if v is not None else k]
+        return a
+
+    def start(self, wait=True):
+        self.proc = Proc(self.args(), self.log_path)
+        if wait:
+            wait_until(lambda: self.rpc_ok("core.version") or not self.proc.alive(), timeout=15,
+                       what="kamailio's ctl socket")
+            if not self.proc.alive():
+                raise AssertionError("kamailio exited at start:\n" + self.proc.output()[-3000:])
+        return self
+
+    def start_expecting_failure(self, timeout=15):
+        """Starts and waits for the server to give up; returns (exit code, log)."""
+        self.proc = Proc(self.args(), self.log_path)
+        try:
+            self.proc.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.stop()
+            raise AssertionError("kamailio kept running:\n" + self.proc.output()[-3000:])
+        rc = self.proc.p.returncode
+        self.proc.log.close()
+        return rc, self.proc.output()
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop()
+
+    def kamcmd(self, *args, timeout=10):
+        r = subprocess.run([KAMCMD, "-s", self.ctl, *args], capture_output=True, text=True, timeout=timeout)
+        return r.returncode, r.stdout + r.stderr
+
+    def rpc_ok(self, *args):
+        try:
+            rc, _ = self.kamcmd(*args, timeout=3)
+            return rc == 0
+        except (subprocess.TimeoutExpired, OSError):
+            return False
+
+    def stats(self):
+        rc, out = self.kamcmd("apiban.stats")
+        if rc != 0:
+            raise AssertionError(f"apiban.stats failed: {out}")
+        return parse_kamcmd_struct(out)
+
+    def wait_synced(self, entries=None, syncs=1, timeout=20):
+        def ok():
+            s = self.stats()
+            if s.get("syncs", 0) < syncs:
+                return None
+            if entries is not None and s.get("entries") != entries:
+                return None
+            return s
+        return wait_until(ok, timeout=timeout, step=0.1, what=f"a sync with {entries} entries")
+
+    def options(self, src, headers=()):
+        return sip_options(src, self.port, headers)
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def without_modparam(self, name):
+        """Removes a modparam line of the sample config from this server's copy."""
+        text = read_text(self.cfg)
+        write_text(self.cfg, re.sub(rf'^modparam\("apiban", "{name}".*\n', "", text, flags=re.M))
+
+
+class TempDir:
+    def __init__(self, name):
+        self.path = tempfile.mkdtemp(prefix=f"apiban-{name}-")
+
+    def cleanup(self):
+        shutil.rmtree(self.path, ignore_errors=True)
