@@ -412,4 +412,82 @@ mod tests {
         assert_eq!(t.len().0, 1_000_000);
         assert!(v4.iter().step_by(997).all(|&(k, _)| t.contains(Key::V4(k))));
     }
+
+    /// Readers in several processes look up while this process publishes new tables as fast as
+    /// it can. An address present in both tables must always be found, one in neither never.
+    /// APIBAN_CONCURRENCY_LOOKUPS raises the count (default 10^7 in all, as CI runs it).
+    #[test]
+    fn readers_in_other_processes_never_see_a_wrong_answer() {
+        const READERS: usize = 3;
+        let total: u64 = std::env::var("APIBAN_CONCURRENCY_LOOKUPS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
+        let per_reader = total / READERS as u64;
+        let t = Table::new(20_000).unwrap();
+        t.set_now(1000);
+        let common: Vec<(u32, u32)> = (0..2000u32).map(|i| (0x0a00_0000 | i * 3, 9999)).collect();
+        let only_a: Vec<(u32, u32)> = (0..3000u32).map(|i| (0x0b00_0000 | i, 9999)).collect();
+        let only_b: Vec<(u32, u32)> = (0..5000u32).map(|i| (0x0c00_0000 | i, 9999)).collect();
+        let v6_common = vec![(0x2001_0db8u128 << 96 | 1, 9999u32)];
+        let a: Vec<(u32, u32)> = common.iter().chain(&only_a).copied().collect();
+        let b: Vec<(u32, u32)> = common.iter().chain(&only_b).copied().collect();
+        t.publish(&Entries { v4: &a, v6: &v6_common }, 1);
+        // Per reader: [lookups done, wrong answers, finished flag].
+        let results = Mapping::new(4096).unwrap();
+        let res = |i: usize| -> &AtomicU64 {
+            // SAFETY: 3 × READERS u64 fit in the 4096-byte zeroed mapping.
+            unsafe { &*(results.as_ptr() as *const AtomicU64).add(i) }
+        };
+        let keys: Vec<Key> = common
+            .iter()
+            .map(|&(k, _)| Key::V4(k))
+            .chain((0..500u32).map(|i| Key::V4(0x0d00_0000 | i)))
+            .chain([Key::V6(0x2001_0db8u128 << 96 | 1), Key::V6(0x2001_0db8u128 << 96 | 2)])
+            .collect();
+        let expect: Vec<bool> = keys.iter().map(|k| match k {
+            Key::V4(x) => x >> 24 == 0x0a,
+            Key::V6(x) => x & 0xff == 1,
+        }).collect();
+        let mut pids = Vec::new();
+        for r in 0..READERS {
+            // SAFETY: the child only reads memory prepared before the fork, uses atomics, and
+            // leaves with _exit: no allocation, no lock, nothing of the test harness's threads.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork failed");
+            if pid == 0 {
+                let mut wrong = 0u64;
+                let mut i = 0usize;
+                for _ in 0..per_reader {
+                    if t.contains(keys[i]) != expect[i] {
+                        wrong += 1;
+                    }
+                    i += 1;
+                    if i == keys.len() {
+                        i = 0;
+                    }
+                }
+                res(3 * r).store(per_reader, Relaxed);
+                res(3 * r + 1).store(wrong, Relaxed);
+                res(3 * r + 2).store(1, Release);
+                unsafe { libc::_exit(0) };
+            }
+            pids.push(pid);
+        }
+        let mut publishes = 0u64;
+        while (0..READERS).any(|r| res(3 * r + 2).load(Acquire) == 0) {
+            let next = if publishes % 2 == 0 { &b } else { &a };
+            t.publish(&Entries { v4: next, v6: &v6_common }, publishes);
+            publishes += 1;
+        }
+        for pid in pids {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        }
+        let done: u64 = (0..READERS).map(|r| res(3 * r).load(Relaxed)).sum();
+        let wrong: u64 = (0..READERS).map(|r| res(3 * r + 1).load(Relaxed)).sum();
+        eprintln!("concurrency: {done} lookups in {READERS} processes during {publishes} publishes, {wrong} wrong");
+        assert_eq!(done, per_reader * READERS as u64);
+        assert!(publishes > 10, "the writer did not race the readers ({publishes} publishes)");
+        assert_eq!(wrong, 0);
+    }
 }
