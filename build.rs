@@ -43,6 +43,8 @@ fn stop(msg: &str) -> ! {
 fn generate_bindings() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("boundary.rs");
     // bindgen panics with a terse message when libclang is missing; say what to install instead.
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
     let result = std::panic::catch_unwind(|| {
         bindgen::Builder::default()
             .header("c-shim/apiban.h")
@@ -55,6 +57,7 @@ fn generate_bindings() {
             .layout_tests(true)
             .generate()
     });
+    std::panic::set_hook(quiet);
     match result {
         Ok(Ok(b)) => b.write_to_file(&out).expect("write boundary.rs"),
         Ok(Err(e)) => stop(&format!("bindgen could not read c-shim/apiban.h: {e}")),
