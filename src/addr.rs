@@ -87,4 +87,16 @@ mod tests {
         assert_eq!(Key::from_bytes(&[1, 2, 3]), None);
         assert_eq!(Key::V4(0xC000_0201).to_ip().to_string(), "192.0.2.1");
     }
+
+    #[test]
+    fn mutated_addresses_never_panic_and_round_trip() {
+        let seeds: [&[u8]; 4] = [b"192.0.2.1", b"[2001:db8::1]", b"::ffff:10.0.0.1", b" 198.51.100.255 "];
+        let mut m = crate::mutate::Mutator::new(0xadd7);
+        for i in 0..300_000 {
+            let input = m.mutate(seeds[i % seeds.len()]);
+            if let Some(k) = parse_text(&input) {
+                assert_eq!(parse_text(k.to_ip().to_string().as_bytes()), Some(k));
+            }
+        }
+    }
 }

@@ -370,4 +370,26 @@ mod tests {
         assert!(seen[0].contains("Bearer KEY2") && seen[0].contains(r#""set":"sip""#) && seen[0].contains(r#""id":"100""#));
         assert!(seen[1].starts_with("GET /api/KEY1/banned/100 "), "{}", seen[1]);
     }
+
+    /// Bounded fuzzing in every test run: mutated replies never panic, and what parses keeps
+    /// the parser's promises.
+    #[test]
+    fn mutated_replies_never_panic() {
+        let seeds: [&[u8]; 5] = [
+            br#"{"ipaddress":["192.0.2.1","198.51.100.7","2001:db8::5"],"ID":"1664386920"}"#,
+            br#"{"ipaddress":"192.0.2.1","ID":1664386920}"#,
+            br#"{"ipaddress":["no new bans"],"ID":"none"}"#,
+            br#"{"ipaddress":"none","ID":"unauthorized"}"#,
+            b"<html>502</html>",
+        ];
+        let mut m = crate::mutate::Mutator::new(0x5eed_feed);
+        for i in 0..200_000 {
+            let input = m.mutate(seeds[i % seeds.len()]);
+            let status = [200, 200, 200, 400, 403, 404, 429, 500][i % 8];
+            if let Ok(b) = parse_reply(status, &input, Some("7"), START_ID) {
+                assert!(b.id.is_none_or(|id| id >= START_ID));
+                assert!(b.end || b.id.is_some());
+            }
+        }
+    }
 }

@@ -13,12 +13,25 @@ mod feed;
 mod ffi;
 mod log;
 mod module;
+#[cfg(test)]
+mod mutate;
 mod refresher;
 mod shm;
 mod snapshot;
 mod stats;
 mod table;
 
-// The host symbols reference the C shim, which only the cdylib links (see build.rs).
-#[cfg(not(test))]
+// The host symbols reference the C shim, which only the cdylib links (see build.rs); a bench
+// binary links the rlib and must not pull them in.
+#[cfg(not(any(test, feature = "bench")))]
 mod host;
+
+/// The core's inner parts, for `benches/` only (cargo feature `bench`, never in a module build).
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench_api {
+    pub use crate::addr::{parse_text, Key};
+    pub use crate::feed::{parse_reply, Batch, START_ID};
+    pub use crate::module::split_live;
+    pub use crate::table::{Entries, Table};
+}

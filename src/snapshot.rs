@@ -167,4 +167,16 @@ mod tests {
     fn a_missing_file_is_an_error_not_a_panic() {
         assert!(load(Path::new("/nonexistent/apiban.snapshot"), 10).unwrap_err().contains("cannot read"));
     }
+
+    #[test]
+    fn mutated_snapshots_are_refused_or_decode_to_what_they_encode() {
+        let good = encode(&sample());
+        let mut m = crate::mutate::Mutator::new(0x5a9);
+        for _ in 0..100_000 {
+            let input = m.mutate(&good);
+            if let Ok(s) = decode(&input, 1000) {
+                assert_eq!(encode(&s), input);
+            }
+        }
+    }
 }
