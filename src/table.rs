@@ -423,7 +423,7 @@ mod tests {
         let per_reader = total / READERS as u64;
         let t = Table::new(20_000).unwrap();
         t.set_now(1000);
-        let common: Vec<(u32, u32)> = (0..2000u32).map(|i| (0x0a00_0000 | i * 3, 9999)).collect();
+        let common: Vec<(u32, u32)> = (0..2000u32).map(|i| (0x0a00_0000 | (i * 3), 9999)).collect();
         let only_a: Vec<(u32, u32)> = (0..3000u32).map(|i| (0x0b00_0000 | i, 9999)).collect();
         let only_b: Vec<(u32, u32)> = (0..5000u32).map(|i| (0x0c00_0000 | i, 9999)).collect();
         let v6_common = vec![(0x2001_0db8u128 << 96 | 1, 9999u32)];
