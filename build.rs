@@ -173,8 +173,8 @@ fn build_opensips_shim() {
     let binary = src.join("opensips");
     if !src.join("sr_module.h").is_file() || !src.join("Makefile.defs").is_file() {
         stop(&format!(
-            "no OpenSIPS source tree at {} (OPENSIPS_SRC): build OpenSIPS 3.6 from source and point \
-             OPENSIPS_SRC at the tree",
+            "no OpenSIPS source tree at {} (OPENSIPS_SRC): build OpenSIPS 3.6 from source (`make` in its \
+             tree) and point OPENSIPS_SRC at that tree",
             src.display()
         ));
     }
@@ -185,27 +185,31 @@ fn build_opensips_shim() {
             binary.display()
         ));
     }
+    // A rebuilt tree changes the binary, its flags or its revision: build the shim again.
+    println!("cargo:rerun-if-changed={}", binary.display());
+    println!("cargo:rerun-if-changed={}", src.join("Makefile.conf").display());
     let flags = opensips_flags(&src);
-    check_opensips_version(&src, &binary);
 
     let mut b = cc::Build::new();
     b.no_default_flags(true)
-        .file("c-shim/opensips/apiban_mod.c")
         .include("c-shim")
         .include(&src)
-        .define("MOD_NAME", "\"apiban\"")
         .pic(true)
         .warnings(true)
         .extra_warnings(false);
     for f in &flags {
         b.flag(f);
     }
-    b.flag("-O2");
+    // As Makefile.modules defines it: a bare word, which dprint.h turns into the log prefix.
+    b.define("MOD_NAME", "apiban");
+    check_opensips_version(&src, &binary, b.clone());
+    b.file("c-shim/opensips/apiban_mod.c");
     link_shim_objects(b, "apiban_opensips_shim");
 }
 
-/// Asks the tree's own makefiles for the flags they give a module, with a cleared environment
-/// (cargo exports PROFILE, which OpenSIPS's makefiles would paste into CFLAGS).
+/// Asks the tree's own makefiles for the flags they give a module (`$(MOD_CFLAGS) $(DEFS)`, one
+/// argument per line), with a cleared environment: cargo exports PROFILE, which OpenSIPS's
+/// makefiles would paste into CFLAGS, and CC or CFLAGS from the environment would change them.
 fn opensips_flags(src: &Path) -> Vec<String> {
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
     let mk = out_dir.join("apiban-flags.mk");
@@ -237,35 +241,80 @@ fn opensips_flags(src: &Path) -> Vec<String> {
         .filter(|l| !l.is_empty())
         .map(String::from)
         .collect();
-    if !flags.iter().any(|f| f.starts_with("-DVERSION=")) {
-        stop(&format!("the OpenSIPS tree at {} gave no -DVERSION flag: is it configured?", src.display()));
+    for needed in ["-DVERSION=", "-DTHISREVISION=", "-DVERSIONTYPE="] {
+        if !flags.iter().any(|f| f.starts_with(needed)) {
+            stop(&format!(
+                "the OpenSIPS tree at {} gave no {needed} flag: is it a complete, built source tree?",
+                src.display()
+            ));
+        }
     }
     flags
 }
 
-/// The tree's headers must describe the binary next to them: a version mismatch is refused at load.
-fn check_opensips_version(src: &Path, binary: &Path) {
+/// The strings of the version gate, as the shim will embed them (the tree's headers expanded with
+/// the tree's flags), must be what the binary next to them reports: OpenSIPS refuses a module
+/// whose version, compile flags or revision differ, and exits.
+fn check_opensips_version(src: &Path, binary: &Path, mut b: cc::Build) {
     let out = Command::new(binary)
         .arg("-V")
         .output()
         .unwrap_or_else(|e| stop(&format!("cannot run {} -V: {e}", binary.display())));
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let bin_ver = text
-        .lines()
-        .find_map(|l| l.strip_prefix("version: opensips "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or("")
-        .to_string();
-    let mk = std::fs::read_to_string(src.join("Makefile.defs")).unwrap_or_default();
-    let part = |n: &str| make_var(&mk.replace(" = ", "="), n);
-    let tree_ver = format!("{}.{}.{}", part("VERSION"), part("PATCHLEVEL"), part("SUBLEVEL"));
-    if bin_ver.is_empty() || !tree_ver.starts_with(&bin_ver) && !bin_ver.starts_with(&tree_ver) {
-        stop(&format!(
-            "{} reports version '{bin_ver}' but the tree at {} is '{tree_ver}': rebuild the tree",
-            binary.display(),
-            src.display()
-        ));
+    let line = |prefix: &str| text.lines().find_map(|l| l.strip_prefix(prefix)).map(|l| l.trim().to_string());
+    let bin_version = line("version: ").unwrap_or_default();
+    let bin_flags = line("flags: ").unwrap_or_default();
+    // "git revision: f9f85260e5"
+    let bin_scm = text.lines().find(|l| l.contains(" revision: ")).map(|l| l.trim().to_string()).unwrap_or_default();
+
+    let probe = PathBuf::from(env::var("OUT_DIR").unwrap()).join("apiban-version-probe.c");
+    std::fs::write(
+        &probe,
+        "#include \"version.h\"\n\
+         apiban_probe_version OPENSIPS_FULL_VERSION\n\
+         apiban_probe_flags OPENSIPS_COMPILE_FLAGS\n\
+         apiban_probe_scm VERSIONTYPE \" revision: \" THISREVISION\n",
+    )
+    .unwrap();
+    let expanded = match b.file(&probe).cargo_warnings(false).try_expand() {
+        Ok(out) => String::from_utf8_lossy(&out).to_string(),
+        Err(e) => stop(&format!("cannot preprocess {}/version.h with the tree's flags: {e}", src.display())),
+    };
+    let probe_line = |marker: &str| {
+        expanded.lines().find_map(|l| l.trim().strip_prefix(marker)).map(c_string_literals).unwrap_or_default()
+    };
+    let checks = [
+        ("version", bin_version, probe_line("apiban_probe_version")),
+        ("compile flags", bin_flags, probe_line("apiban_probe_flags")),
+        ("revision", bin_scm, probe_line("apiban_probe_scm")),
+    ];
+    for (what, bin, tree) in checks {
+        if bin.is_empty() || bin != tree {
+            stop(&format!(
+                "{} reports {what} '{bin}' but its source tree at {} gives '{tree}': the binary was not \
+                 built from this tree as it is now; run `make` in the tree (and install that binary)",
+                binary.display(),
+                src.display()
+            ));
+        }
     }
+}
+
+/// Concatenates the C string literals of a preprocessed line: `"a" "" ", b"` is `a, b`.
+fn c_string_literals(line: &str) -> String {
+    let mut out = String::new();
+    let mut in_lit = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match (in_lit, c) {
+            (false, '"') => in_lit = true,
+            (true, '"') => in_lit = false,
+            (true, '\\') => out.extend(chars.next()),
+            (true, c) => out.push(c),
+            _ => {}
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------

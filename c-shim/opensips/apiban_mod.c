@@ -1,0 +1,303 @@
+/*
+ * apiban module for OpenSIPS 3.6: the host side of the boundary.
+ *
+ * Translation only: OpenSIPS's export tables (parameters, the script function, MI commands,
+ * statistics, the refresher process), the version strings and the LM_* logger. Every decision
+ * is made by the Rust core behind c-shim/apiban.h.
+ *
+ * The one symbol OpenSIPS looks up with dlsym, `exports`, is defined in Rust
+ * (src/host/opensips.rs) and points at the tables and strings here: rustc's cdylib linking drops
+ * data symbols defined in C. The tables stay in C, compiled against the target tree's headers,
+ * so their layouts (mi_export_t changed in 4.0) always match the server. The _Static_asserts
+ * and apiban_osips_exports_size guard the Rust mirror of struct module_exports.
+ */
+
+#include <stdio.h>
+#include <string.h>
+#include <stdlib.h>
+#include <stddef.h>
+
+#include "sr_module.h"
+#include "dprint.h"
+#include "version.h"
+#include "statistics.h"
+#include "mi/mi.h"
+#include "ip_addr.h"
+#include "parser/msg_parser.h"
+
+#include "apiban.h"
+
+/* What MODULE_VERSION puts in ver_info, as arrays so that Rust can take their addresses. */
+const char apiban_osips_name[] = "apiban";
+const char apiban_osips_version[] = OPENSIPS_FULL_VERSION;
+const char apiban_osips_flags[] = OPENSIPS_COMPILE_FLAGS;
+const char apiban_osips_scm_type[] = VERSIONTYPE;
+const char apiban_osips_scm_rev[] = THISREVISION;
+const size_t apiban_osips_exports_size = sizeof(struct module_exports);
+
+/* The layout src/host/opensips.rs mirrors (LP64). */
+_Static_assert(sizeof(struct module_exports) == 184, "module_exports layout changed: update src/host/opensips.rs");
+_Static_assert(offsetof(struct module_exports, type) == 8, "module_exports layout changed");
+_Static_assert(offsetof(struct module_exports, ver_info) == 16, "module_exports layout changed");
+_Static_assert(offsetof(struct module_exports, dlflags) == 48, "module_exports layout changed");
+_Static_assert(offsetof(struct module_exports, load_f) == 56, "module_exports layout changed");
+_Static_assert(offsetof(struct module_exports, cmds) == 72, "module_exports layout changed");
+_Static_assert(offsetof(struct module_exports, params) == 88, "module_exports layout changed");
+_Static_assert(offsetof(struct module_exports, stats) == 96, "module_exports layout changed");
+_Static_assert(offsetof(struct module_exports, mi_cmds) == 104, "module_exports layout changed");
+_Static_assert(offsetof(struct module_exports, procs) == 128, "module_exports layout changed");
+_Static_assert(offsetof(struct module_exports, preinit_f) == 136, "module_exports layout changed");
+_Static_assert(offsetof(struct module_exports, init_f) == 144, "module_exports layout changed");
+_Static_assert(offsetof(struct module_exports, reload_ack_f) == 176, "module_exports layout changed");
+_Static_assert(MOD_TYPE_DEFAULT == 1, "enum module_type changed: update src/host/opensips.rs");
+_Static_assert(DEFAULT_DLFLAGS == 0, "DEFAULT_DLFLAGS changed: update src/host/opensips.rs");
+
+/* ---- logging ---------------------------------------------------------------------------- */
+
+/* The core's text is always an argument, never a format. */
+static void apiban_core(int level, const char *msg, size_t len)
+{
+	int n = len > 4096 ? 4096 : (int)len;
+	switch (level) {
+	case APIBAN_LOG_ERR: LM_ERR("%.*s\n", n, msg); break;
+	case APIBAN_LOG_WARN: LM_WARN("%.*s\n", n, msg); break;
+	case APIBAN_LOG_INFO: LM_INFO("%.*s\n", n, msg); break;
+	default: LM_DBG("%.*s\n", n, msg); break;
+	}
+}
+
+static int apiban_osips_log_enabled(int level)
+{
+	static const int map[] = {L_ERR, L_WARN, L_INFO, L_DBG};
+	return is_printable((level >= 0 && level <= 3) ? map[level] : L_DBG);
+}
+
+/* No tick: OpenSIPS has no per-process config to refresh. */
+static const struct apiban_host apiban_osips_host = {
+	apiban_core, apiban_osips_log_enabled, NULL};
+
+/* ---- parameters: each one is handed to the core as text ------------------------------- */
+
+static int apiban_osips_param(const char *name, modparam_t type, void *val)
+{
+	char num[32];
+	int n;
+
+	if (PARAM_TYPE_MASK(type) & INT_PARAM) {
+		n = snprintf(num, sizeof(num), "%d", (int)(long)val);
+		return apiban_param(name, num, (size_t)n) == 0 ? 0 : -1;
+	}
+	if (val == NULL) {
+		LM_ERR("parameter '%s': no value\n", name);
+		return -1;
+	}
+	return apiban_param(name, (const char *)val, strlen((const char *)val)) == 0 ? 0 : -1;
+}
+
+#define APIBAN_PARAM(n)                                            \
+	static int apiban_osips_param_##n(modparam_t type, void *val) \
+	{                                                              \
+		return apiban_osips_param(#n, type, val);                  \
+	}
+/* One entry takes both types: modparam("apiban", "interval", "abc") reaches the core, which
+ * refuses it with a message naming the parameter, instead of OpenSIPS's "type mismatch". */
+#define APIBAN_PARAM_ENTRY(n) \
+	{#n, STR_PARAM | INT_PARAM | USE_FUNC_PARAM, (void *)apiban_osips_param_##n}
+
+APIBAN_PARAM(apikey)
+APIBAN_PARAM(apikey_file)
+APIBAN_PARAM(url)
+APIBAN_PARAM(api_version)
+APIBAN_PARAM(set)
+APIBAN_PARAM(interval)
+APIBAN_PARAM(max_entries)
+APIBAN_PARAM(timeout)
+APIBAN_PARAM(rate_limit)
+APIBAN_PARAM(snapshot_file)
+APIBAN_PARAM(ttl)
+APIBAN_PARAM(full_resync)
+APIBAN_PARAM(allow)
+APIBAN_PARAM(allow_file)
+
+const param_export_t apiban_osips_params[] = {
+	APIBAN_PARAM_ENTRY(apikey),
+	APIBAN_PARAM_ENTRY(apikey_file),
+	APIBAN_PARAM_ENTRY(url),
+	APIBAN_PARAM_ENTRY(api_version),
+	APIBAN_PARAM_ENTRY(set),
+	APIBAN_PARAM_ENTRY(interval),
+	APIBAN_PARAM_ENTRY(max_entries),
+	APIBAN_PARAM_ENTRY(timeout),
+	APIBAN_PARAM_ENTRY(rate_limit),
+	APIBAN_PARAM_ENTRY(snapshot_file),
+	APIBAN_PARAM_ENTRY(ttl),
+	APIBAN_PARAM_ENTRY(full_resync),
+	APIBAN_PARAM_ENTRY(allow),
+	APIBAN_PARAM_ENTRY(allow_file),
+	{0, 0, 0}};
+
+/* ---- script function ------------------------------------------------------------------- */
+
+/* apiban_check(): the packet's source address; apiban_check(ip): the (expanded) text, which
+ * OpenSIPS hands over as a str that is not NUL-terminated. 1 listed, -1 not, -2 bad address. */
+static int w_apiban_check(struct sip_msg *msg, str *ip)
+{
+	if (ip != NULL)
+		return apiban_check_text(ip->s, (size_t)(ip->len > 0 ? ip->len : 0));
+	if (msg == NULL)
+		return APIBAN_BAD_ADDRESS;
+	return apiban_check_addr(msg->rcv.src_ip.u.addr, msg->rcv.src_ip.len);
+}
+
+const cmd_export_t apiban_osips_cmds[] = {
+	{"apiban_check", (cmd_function)w_apiban_check, {
+		{CMD_PARAM_STR | CMD_PARAM_OPT, 0, 0},
+		{0, 0, 0}},
+		ALL_ROUTES},
+	{0, 0, {{0, 0, 0}}, 0}};
+
+/* ---- statistics: read from the core's shared counters on every query ------------------- */
+
+#define APIBAN_STAT(f)                                         \
+	static unsigned long apiban_osips_stat_##f(void *ctx)      \
+	{                                                          \
+		struct apiban_stats st;                                \
+		if (apiban_stats_get(&st) < 0)                         \
+			return 0;                                          \
+		return (unsigned long)st.f;                            \
+	}
+#define APIBAN_STAT_ENTRY(f) {#f, STAT_IS_FUNC, (stat_var **)apiban_osips_stat_##f}
+
+APIBAN_STAT(checks)
+APIBAN_STAT(hits)
+APIBAN_STAT(entries)
+APIBAN_STAT(syncs)
+APIBAN_STAT(sync_failures)
+APIBAN_STAT(rate_limited)
+
+const stat_export_t apiban_osips_stats[] = {
+	APIBAN_STAT_ENTRY(checks),
+	APIBAN_STAT_ENTRY(hits),
+	APIBAN_STAT_ENTRY(entries),
+	APIBAN_STAT_ENTRY(syncs),
+	APIBAN_STAT_ENTRY(sync_failures),
+	APIBAN_STAT_ENTRY(rate_limited),
+	{0, 0, 0}};
+
+/* ---- MI -------------------------------------------------------------------------------- */
+
+#define APIBAN_MI_NUM(obj, name, v) \
+	(add_mi_number(obj, MI_SSTR(name), (double)(v)) < 0)
+#define APIBAN_MI_STR(obj, name, v) \
+	(add_mi_string(obj, MI_SSTR(name), v, (int)strlen(v)) < 0)
+
+static mi_response_t *apiban_mi_stats(const mi_params_t *params, struct mi_handler *async_hdl)
+{
+	struct apiban_stats st;
+	mi_response_t *resp;
+	mi_item_t *obj;
+
+	if (apiban_stats_get(&st) < 0)
+		return init_mi_error(500, MI_SSTR("apiban is not initialised"));
+	resp = init_mi_result_object(&obj);
+	if (resp == NULL)
+		return NULL;
+	/* The fields and order of Kamailio's apiban.stats. */
+	if (APIBAN_MI_NUM(obj, "entries", st.entries)
+			|| APIBAN_MI_NUM(obj, "ipv4", st.ipv4)
+			|| APIBAN_MI_NUM(obj, "ipv6", st.ipv6)
+			|| APIBAN_MI_NUM(obj, "checks", st.checks)
+			|| APIBAN_MI_NUM(obj, "hits", st.hits)
+			|| APIBAN_MI_NUM(obj, "last_sync", st.last_sync)
+			|| APIBAN_MI_NUM(obj, "last_id", st.last_id)
+			|| APIBAN_MI_NUM(obj, "requests", st.requests)
+			|| APIBAN_MI_NUM(obj, "sync_ms", st.sync_ms)
+			|| APIBAN_MI_STR(obj, "last_error", st.last_error)
+			|| APIBAN_MI_NUM(obj, "syncs", st.syncs)
+			|| APIBAN_MI_NUM(obj, "sync_failures", st.sync_failures)
+			|| APIBAN_MI_NUM(obj, "rate_limited", st.rate_limited)
+			|| APIBAN_MI_NUM(obj, "skipped", st.skipped)
+			|| APIBAN_MI_NUM(obj, "overflow", st.overflow)
+			|| APIBAN_MI_NUM(obj, "expired", st.expired)
+			|| APIBAN_MI_NUM(obj, "allowed", st.allowed)
+			|| APIBAN_MI_NUM(obj, "backoff_until", st.backoff_until)
+			|| APIBAN_MI_NUM(obj, "max_entries", st.max_entries)
+			|| APIBAN_MI_STR(obj, "state", st.state)) {
+		free_mi_response(resp);
+		return NULL;
+	}
+	return resp;
+}
+
+static mi_response_t *apiban_mi_reload(const mi_params_t *params, struct mi_handler *async_hdl)
+{
+	if (apiban_reload() < 0)
+		return init_mi_error(500, MI_SSTR("apiban is not initialised"));
+	return init_mi_result_string(MI_SSTR("Ok. Full pull requested."));
+}
+
+static mi_response_t *apiban_mi_check(const mi_params_t *params, struct mi_handler *async_hdl)
+{
+	struct apiban_verdict v;
+	mi_response_t *resp;
+	mi_item_t *obj;
+	char *ip;
+	int ip_len;
+
+	if (get_mi_string_param(params, "ip", &ip, &ip_len) < 0)
+		return init_mi_param_error();
+	if (apiban_admin_check(ip, (size_t)(ip_len > 0 ? ip_len : 0), &v) < 0)
+		return init_mi_error(500, MI_SSTR("apiban is not initialised"));
+	resp = init_mi_result_object(&obj);
+	if (resp == NULL)
+		return NULL;
+	if (add_mi_string(obj, MI_SSTR("ip"), ip, ip_len) < 0
+			|| APIBAN_MI_NUM(obj, "listed", v.result == APIBAN_LISTED ? 1 : 0)
+			|| APIBAN_MI_STR(obj, "result", v.result == APIBAN_LISTED ? "listed"
+					: v.result == APIBAN_NOT_LISTED ? "not listed" : "bad address")
+			|| APIBAN_MI_STR(obj, "detail", v.detail)) {
+		free_mi_response(resp);
+		return NULL;
+	}
+	return resp;
+}
+
+const mi_export_t apiban_osips_mi[] = {
+	{"apiban_stats", "Counters and sync status of the APIBAN table.", 0, 0, {
+		{apiban_mi_stats, {0}},
+		{EMPTY_MI_RECIPE}}},
+	{"apiban_reload", "Pull the full APIBAN list now (the refresher acts within a second).", 0, 0, {
+		{apiban_mi_reload, {0}},
+		{EMPTY_MI_RECIPE}}},
+	{"apiban_check", "Tell whether an address is listed: apiban_check ip=IP.", 0, 0, {
+		{apiban_mi_check, {"ip", 0}},
+		{EMPTY_MI_RECIPE}}},
+	{EMPTY_MI_EXPORT}};
+
+/* ---- the refresher process ------------------------------------------------------------- */
+
+/* Forked by the core after every module's init_f; flags 0: a sleeping loop, no IPC pipe. */
+static void apiban_osips_refresher(int rank)
+{
+	apiban_refresher_main(); /* never returns */
+	exit(-1);
+}
+
+const proc_export_t apiban_osips_procs[] = {
+	{"APIBAN REFRESHER", 0, 0, apiban_osips_refresher, 1, 0},
+	{0, 0, 0, 0, 0, 0}};
+
+/* ---- module life cycle ----------------------------------------------------------------- */
+
+/* load_f: called right after dlopen, before any modparam of this module is set. */
+int apiban_osips_load(void)
+{
+	apiban_set_host(&apiban_osips_host);
+	return 0;
+}
+
+/* init_f: in the attendant, before any fork. */
+int apiban_osips_mod_init(void)
+{
+	return apiban_mod_init() < 0 ? -1 : 0;
+}
