@@ -23,7 +23,7 @@ mod table;
 
 // The host symbols reference the C shim, which only the cdylib links (see build.rs); a bench
 // binary links the rlib and must not pull them in.
-#[cfg(not(any(test, feature = "bench")))]
+#[cfg(not(any(test, feature = "bench", feature = "fuzz")))]
 mod host;
 
 /// The core's inner parts, for `benches/` only (cargo feature `bench`, never in a module build).
@@ -34,4 +34,14 @@ pub mod bench_api {
     pub use crate::feed::{parse_reply, Batch, START_ID};
     pub use crate::module::split_live;
     pub use crate::table::{Entries, Table};
+}
+
+/// The parsers that read untrusted bytes, for the fuzz targets in fuzz/ only (cargo feature
+/// `fuzz`, never in a module build).
+#[cfg(feature = "fuzz")]
+#[doc(hidden)]
+pub mod fuzz_api {
+    pub use crate::addr::parse_text;
+    pub use crate::feed::{parse_reply, START_ID};
+    pub use crate::snapshot::{decode as decode_snapshot, encode as encode_snapshot, seal as seal_snapshot};
 }

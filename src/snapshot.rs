@@ -52,9 +52,14 @@ pub fn encode(s: &Snapshot) -> Vec<u8> {
         out.extend_from_slice(&a.to_le_bytes());
         out.extend_from_slice(&t.to_le_bytes());
     }
-    let sum = fnv1a(&out);
-    out.extend_from_slice(&sum.to_le_bytes());
-    out
+    seal(out)
+}
+
+/// Appends the checksum that `decode` verifies.
+pub fn seal(mut body: Vec<u8>) -> Vec<u8> {
+    let sum = fnv1a(&body);
+    body.extend_from_slice(&sum.to_le_bytes());
+    body
 }
 
 /// Verifies and decodes; `max_entries` bounds what a file can make us allocate.
@@ -70,6 +75,9 @@ pub fn decode(data: &[u8], max_entries: usize) -> Result<Snapshot, String> {
     let version = u32_at(8);
     if version != VERSION {
         return Err(format!("format version {version}, this module reads {VERSION}"));
+    }
+    if u32_at(12) != 0 {
+        return Err("reserved header field is not zero".into());
     }
     let (n4, n6) = (u64_at(32), u64_at(40));
     if n4.saturating_add(n6) > 2 * max_entries as u64 {
