@@ -107,7 +107,9 @@ pub fn parse_cidr(v: &str) -> Option<IpNet> {
 }
 
 fn check_url(v: &str) -> Result<String, String> {
-    let v = v.trim().trim_end_matches('/');
+    let v = v.trim();
+    // Trailing slashes go, but not those of a bare scheme, so its message stays readable.
+    let v = if v.ends_with("://") { v } else { v.trim_end_matches('/') };
     let rest = v
         .strip_prefix("https://")
         .or_else(|| v.strip_prefix("http://"))

@@ -150,11 +150,11 @@ pub const MAX_BODY: usize = 16 << 20;
 
 impl Feed {
     pub fn new(url: &str, key: &str, version: ApiVersion, set: &str, timeout: Duration) -> Feed {
+        // ureq 2 has one deadline per request, which overrides its per-read and per-write
+        // timeouts: a server that connects and then says nothing, or trickles its reply, is
+        // given up `2 × timeout` after the request started.
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(timeout)
-            .timeout_read(timeout)
-            .timeout_write(timeout)
-            // A trickling server must not hold the refresher forever.
             .timeout(timeout * 2)
             // The key travels in a header (v2) or the path (v1): never follow it elsewhere.
             .redirects(0)

@@ -13,6 +13,7 @@ use crate::log::{log_err, log_info, log_warn};
 use crate::module::{split_live, unix_now, Module};
 use crate::snapshot::{self, Snapshot};
 use crate::table::Entries;
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
@@ -79,6 +80,26 @@ pub fn backoff(err: &FeedError, failures: u32, interval: u64, jitter: f64) -> Du
         d = Duration::from_secs((*s).clamp(1, 3600));
     }
     d
+}
+
+/// Merges an incremental pull into what is held: new addresses are added, a re-listed one takes
+/// the newer listing time. Returns (added, re-listed with a newer time).
+fn merge(master: &mut HashMap<Key, u32>, got: HashMap<Key, u32>) -> (usize, usize) {
+    let (mut added, mut relisted) = (0, 0);
+    for (k, at) in got {
+        match master.entry(k) {
+            Entry::Vacant(e) => {
+                e.insert(at);
+                added += 1;
+            }
+            Entry::Occupied(mut e) if at > *e.get() => {
+                e.insert(at);
+                relisted += 1;
+            }
+            Entry::Occupied(_) => {}
+        }
+    }
+    (added, relisted)
 }
 
 struct Pull {
@@ -279,17 +300,13 @@ impl Refresher {
         let cfg = &self.m.settings.cfg;
         let now = unix_now();
         let before = self.master.len();
-        let added;
-        if p.full {
-            added = p.got.keys().filter(|k| !self.master.contains_key(k)).count();
+        let (added, relisted) = if p.full {
+            let added = p.got.keys().filter(|k| !self.master.contains_key(k)).count();
             self.master = p.got;
+            (added, 0)
         } else {
-            added = p.got.keys().filter(|k| !self.master.contains_key(k)).count();
-            for (k, at) in p.got {
-                let e = self.master.entry(k).or_insert(at);
-                *e = (*e).max(at);
-            }
-        }
+            merge(&mut self.master, p.got)
+        };
         let ttl = cfg.ttl;
         let n = self.master.len();
         self.master.retain(|_, at| *at as u64 + ttl > now);
@@ -317,7 +334,8 @@ impl Refresher {
         if p.cursor > START_ID {
             self.last_id = Some(p.cursor);
         }
-        let changed = p.full || added > 0 || expired > 0 || before != self.master.len();
+        // A re-listing changes only an entry's time, but that time is its expiry in the table.
+        let changed = p.full || added > 0 || relisted > 0 || expired > 0 || before != self.master.len();
         if changed {
             self.publish(now);
         }
@@ -416,6 +434,17 @@ mod tests {
         }
         // Paced: consecutive requests at least window / 22 apart.
         assert!(sent.windows(2).all(|w| w[1].duration_since(w[0]) >= Duration::from_millis(5454)));
+    }
+
+    #[test]
+    fn an_incremental_merge_adds_and_takes_the_newer_time() {
+        let mut master: HashMap<Key, u32> = [(Key::V4(1), 100), (Key::V4(2), 200)].into_iter().collect();
+        let got = [(Key::V4(1), 150), (Key::V4(2), 150), (Key::V4(3), 300)].into_iter().collect();
+        assert_eq!(merge(&mut master, got), (1, 1));
+        assert_eq!((master[&Key::V4(1)], master[&Key::V4(2)], master[&Key::V4(3)]), (150, 200, 300));
+        // The same pull again changes nothing.
+        let got = [(Key::V4(1), 150), (Key::V4(3), 300)].into_iter().collect();
+        assert_eq!(merge(&mut master, got), (0, 0));
     }
 
     #[test]

@@ -12,14 +12,18 @@ Command line:
   Prints "READY <port>" once listening on 127.0.0.1; SIGTERM/SIGINT stop it.
 
 Control (same port, no key, JSON in/out):
-  POST /_control/add {"ips":[...]}       POST /_control/set {"ips":[...]} or {"count":N}
-  POST /_control/fault {"mode":M,"times":K,...params}   POST /_control/clear
+  POST /_control/add {"ips":[...]}       POST /_control/set {"ips":[...]} or {"count":N}  (both: "listed_at":T)
+  POST /_control/fault {"mode":M,"times":K,"after":N,...params}   POST /_control/clear
   GET /_control/stats   POST /_control/reset_stats   GET /_control/entries
 
 From Python:
   srv = FakeApiban(key="k", count=600).start(); srv.port; srv.url
   srv.add([...]); srv.set_list(ips=[...] or count=N); srv.set_fault("429", times=1, retry_after=5)
   srv.clear_fault(); srv.stats(); srv.reset_stats(); srv.entries(); srv.stop()  (start() again reuses the port)
+  srv.add([...], listed_at=T): the new entries are listed from T on (a Unix time; never below the
+  newest entry: IDs only grow). srv.set_fault(mode, times=K, after=N): the first N API requests are
+  served normally, the K after them get the fault; only_id=ID limits a fault to requests for that ID.
+  srv.stats()["ids"] and ["times"]: the IDs asked for and when (Unix time), in order (last 1000).
 """
 import argparse
 import bisect
@@ -149,8 +153,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _control(self, method, path, raw):
         f, name = self.fake, path[len("/_control/"):].strip("/")
         gets = {"stats": f.stats, "entries": lambda: [[ip, str(ts)] for ip, ts in f.entries()]}
-        posts = {"add": lambda o: f.add(o["ips"]),
-                 "set": lambda o: f.set_list(ips=o.get("ips"), count=o.get("count")),
+        posts = {"add": lambda o: f.add(o["ips"], listed_at=o.get("listed_at")),
+                 "set": lambda o: f.set_list(ips=o.get("ips"), count=o.get("count"), listed_at=o.get("listed_at")),
                  "fault": lambda o: f.set_fault(o.pop("mode"), o.pop("times", None), **o),
                  "clear": lambda o: f.clear_fault(), "reset_stats": lambda o: f.reset_stats()}
         if name not in (gets if method == "GET" else posts):
@@ -189,7 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not key or (f.key is not None and key != f.key):
             return self._send(403, UNAUTHORIZED)  # bad key: always 403, consumes no fault
 
-        fault = f._take_fault() or {"mode": None}
+        fault = f._take_fault(idv) or {"mode": None}
         mode = fault["mode"]
         req = parse_id(idv)
         limit = int(fault.get("size", 10000)) if mode == "big_batch" else f.batch
@@ -349,18 +353,25 @@ class FakeApiban:
             self._entries.append((str(ip), self._last_ts))
             self._ts.append(self._last_ts)
 
-    def add(self, ips):
-        """Append entries with timestamps above the current maximum."""
+    def _listed_from(self, listed_at):
+        """The next entry gets timestamp listed_at, if that keeps IDs growing."""
+        if listed_at is not None:
+            self._last_ts = max(self._last_ts, int(listed_at) - 1)
+
+    def add(self, ips, listed_at=None):
+        """Append entries with timestamps above the current maximum (from listed_at if later)."""
         if isinstance(ips, str):
             raise TypeError("ips must be a list")
         with self._lock:
+            self._listed_from(listed_at)
             self._append(ips)
 
-    def set_list(self, ips=None, count=None):
+    def set_list(self, ips=None, count=None, listed_at=None):
         """Replace the whole list; new timestamps still continue above every earlier one."""
         new = list(ips or ()) + gen_ips(int(count or 0))
         with self._lock:
             self._entries, self._ts = [], []
+            self._listed_from(listed_at)
             self._append(new)
 
     def entries(self):
@@ -379,12 +390,14 @@ class FakeApiban:
             return self._entries[i:i + max(limit, 0)]
 
     # -- faults
-    def set_fault(self, mode, times=None, **params):
-        """Apply fault `mode` to the next `times` API requests (None: until clear_fault())."""
+    def set_fault(self, mode, times=None, after=0, **params):
+        """Apply fault `mode` to the next `times` API requests (None: until clear_fault()), after
+        serving the next `after` ones normally. With only_id=ID, only requests for that ID count."""
         if mode not in FAULT_MODES:
             raise ValueError(f"unknown fault mode {mode!r}")
         with self._lock:
-            self._fault = dict(params, mode=mode, times=None if times is None else int(times))
+            self._fault = dict(params, mode=mode, times=None if times is None else int(times),
+                               after=max(int(after or 0), 0))
             if self._fault["times"] is not None and self._fault["times"] <= 0:
                 self._fault = None
 
@@ -392,10 +405,15 @@ class FakeApiban:
         with self._lock:
             self._fault = None
 
-    def _take_fault(self):
+    def _take_fault(self, idv=None):
         with self._lock:
             f = self._fault
             if f is None:
+                return None
+            if f.get("only_id") is not None and str(idv) != str(f["only_id"]):
+                return None
+            if f.get("after", 0) > 0:
+                f["after"] -= 1
                 return None
             if f["times"] is not None:
                 f["times"] -= 1
@@ -408,7 +426,8 @@ class FakeApiban:
     def reset_stats(self):
         with self._lock:
             self._stats = {"requests": 0, "by_path": {}, "last_auth": None, "last_body": None,
-                           "last_set": None, "last_key": None, "last_id": None, "faults_served": 0}
+                           "last_set": None, "last_key": None, "last_id": None, "faults_served": 0,
+                           "ids": [], "times": []}
 
     def _record(self, path, auth, body, setname, key, idv):
         with self._lock:
@@ -416,6 +435,8 @@ class FakeApiban:
             s["requests"] += 1
             s["by_path"][path] = s["by_path"].get(path, 0) + 1
             s.update(last_auth=auth, last_body=body, last_set=setname, last_key=key, last_id=idv)
+            s["ids"] = (s["ids"] + [None if idv is None else str(idv)])[-1000:]
+            s["times"] = (s["times"] + [time.time()])[-1000:]
 
     def stats(self):
         with self._lock:

@@ -1,0 +1,306 @@
+"""The table across restarts and over time, with the real Kamailio: a restart while APIBAN is down
+blocks from the first request (snapshot_file); a damaged snapshot is ignored with one log line;
+entries expire `ttl` after their listing time; a full resync drops what the feed stopped listing.
+
+APIBAN_MODULE=/path/to/libapiban.so runs these against another build of the module.
+"""
+
+import os
+import re
+import struct
+import time
+import unittest
+
+from harness import KAMAILIO_MODULE, FakeApiban, Kamailio, TempDir, parse_kamcmd_struct, wait_until
+
+MODULE = os.environ.get("APIBAN_MODULE", KAMAILIO_MODULE)
+KEY = "k-restart-S3CRET-0123456789"
+LISTED = "127.0.0.66"
+LISTED6 = "2001:db8::66"
+CLEAN = "127.0.0.5"
+
+# The snapshot format of src/snapshot.rs: header, entries, FNV-1a 64 of everything before it.
+HEADER = struct.Struct("<8sIIQQQQ")
+
+
+def fnv1a(data):
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def read_snapshot(path):
+    """The header fields of a snapshot file, after checking its length and checksum."""
+    with open(path, "rb") as f:
+        data = f.read()
+    magic, version, _, last_id, saved_at, n4, n6 = HEADER.unpack_from(data)
+    assert magic == b"APIBANSN" and version == 1, (magic, version)
+    assert len(data) == HEADER.size + 8 * n4 + 20 * n6 + 8, len(data)
+    assert fnv1a(data[:-8]) == struct.unpack_from("<Q", data, len(data) - 8)[0], "checksum"
+    return {"last_id": last_id, "saved_at": saved_at, "ipv4": n4, "ipv6": n6}
+
+
+def stats_when(kam, cond, what, timeout=20):
+    return wait_until(lambda: (lambda s: s if cond(s) else None)(kam.stats()), timeout=timeout, step=0.1,
+                      what=what)
+
+
+def start_kamailio(tmp, feed, snapshot, **kw):
+    defines = {"APIBAN_INTERVAL": "1", "APIBAN_SNAPSHOT": f'"{snapshot}"', **kw.pop("defines", {})}
+    return Kamailio(tmp, feed.url, key=KEY, defines=defines, module=MODULE, **kw).start()
+
+
+class Restart(unittest.TestCase):
+    def setUp(self):
+        self.tmps = [TempDir("restart-a"), TempDir("restart-b")]
+        self.snapshot = os.path.join(self.tmps[0].path, "apiban.snapshot")
+        self.feed = FakeApiban(key=KEY, ips=[LISTED, LISTED6], count=500).start()  # 3 batches
+        self.kams = []
+
+    def tearDown(self):
+        for k in self.kams:
+            k.stop()
+            self.assertNotIn(KEY, k.log())
+        self.feed.stop()
+        for t in self.tmps:
+            t.cleanup()
+
+    def test_with_the_feed_down_a_restart_refuses_a_listed_source_on_the_first_request(self):
+        a = start_kamailio(self.tmps[0].path, self.feed, self.snapshot)
+        self.kams.append(a)
+        sa = a.wait_synced(entries=502)
+        self.assertIn("none yet, starting empty", a.log())
+        snap = wait_until(lambda: os.path.exists(self.snapshot) and read_snapshot(self.snapshot), timeout=10,
+                          what="the snapshot file")
+        self.assertEqual((snap["ipv4"], snap["ipv6"], snap["last_id"]), (501, 1, self.feed.max_id))
+        a.stop()
+        self.feed.stop()
+
+        b = start_kamailio(self.tmps[1].path, self.feed, self.snapshot)
+        self.kams.append(b)
+        # The first SIP request this server ever gets, from a listed source: refused.
+        self.assertEqual(b.options(LISTED), 403)
+        self.assertEqual(b.options(CLEAN, [f"X-Real-IP: {LISTED6}"]), 403)
+        self.assertEqual(b.options(CLEAN), 200)
+        s = b.stats()
+        self.assertEqual((s["entries"], s["ipv4"], s["ipv6"]), (502, 501, 1))
+        self.assertEqual((s["last_id"], s["last_sync"]), (sa["last_id"], snap["saved_at"]))
+        self.assertEqual(s["syncs"], 0)
+        self.assertRegex(b.log(), rf"snapshot {re.escape(self.snapshot)} loaded: 502 entries \(502 still listed\), "
+                                  rf"last ID {sa['last_id']}")
+        # Soon after, the refresher finds the feed down; the table stays.
+        s = stats_when(b, lambda s: "connection refused" in s["last_error"], "the connection error")
+        self.assertTrue(s["state"].startswith("backoff until"), s["state"])
+        self.assertEqual(s["entries"], 502)
+        self.assertEqual(b.options(LISTED), 403)
+
+        # The feed returns: the pull resumes from the snapshot's last ID, not from the start.
+        new = "127.0.1.9"
+        self.feed.add([new])
+        self.feed.reset_stats()
+        self.feed.start()
+        s = stats_when(b, lambda s: s["entries"] == 503 and s["state"] == "ok", "the pull after the feed returned",
+                       timeout=60)
+        self.assertEqual(self.feed.stats()["ids"][0], str(sa["last_id"]))
+        self.assertNotIn("100", self.feed.stats()["ids"])
+        self.assertEqual((s["last_error"], s["last_id"]), ("", self.feed.max_id))
+        self.assertEqual(b.options(new), 403)
+
+    def test_an_unwritable_snapshot_path_warns_and_blocking_goes_on(self):
+        path = os.path.join(self.tmps[0].path, "no-such-dir", "apiban.snapshot")
+        a = start_kamailio(self.tmps[0].path, self.feed, path)
+        self.kams.append(a)
+        s = a.wait_synced(entries=502)
+        wait_until(lambda: f"cannot write snapshot {path}" in a.log(), timeout=10, what="the warning")
+        self.assertEqual((s["last_error"], s["state"]), ("", "ok"))
+        self.assertEqual(a.options(LISTED), 403)
+        self.assertEqual(a.options(CLEAN), 200)
+        self.assertTrue(a.proc.alive())
+
+    def test_a_snapshot_past_its_ttl_blocks_nothing(self):
+        # The fake's entries are a day old: with ttl 60 s none of the saved ones is listed.
+        a = start_kamailio(self.tmps[0].path, self.feed, self.snapshot)
+        self.kams.append(a)
+        a.wait_synced(entries=502)
+        wait_until(lambda: os.path.exists(self.snapshot), timeout=10, what="the snapshot file")
+        a.stop()
+        self.feed.stop()
+        b = start_kamailio(self.tmps[1].path, self.feed, self.snapshot, modparams=[("ttl", '"60"')])
+        self.kams.append(b)
+        self.assertEqual(b.options(LISTED), 200)
+        self.assertEqual(b.stats()["entries"], 0)
+        self.assertIn("loaded: 502 entries (0 still listed)", b.log())
+
+
+class DamagedSnapshots(unittest.TestCase):
+    """Each damaged snapshot: one log line, the server starts empty, pulls, and writes a good one."""
+
+    N = 22
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = TempDir("restart-damaged")
+        cls.feed = FakeApiban(key=KEY, ips=[LISTED], count=cls.N - 1).start()
+        # A real snapshot, written by the module, to damage.
+        snap = os.path.join(cls.tmp.path, "good.snapshot")
+        kam = start_kamailio(cls.tmp.path, cls.feed, snap)
+        try:
+            kam.wait_synced(entries=cls.N)
+            wait_until(lambda: os.path.exists(snap), timeout=10, what="the snapshot file")
+        finally:
+            kam.stop()
+        with open(snap, "rb") as f:
+            cls.good = f.read()
+        read_snapshot(snap)
+        cls.feed.stop()  # connections refused until a test starts it again
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.feed.stop()
+        cls.tmp.cleanup()
+
+    def starts_empty_and_pulls(self, data, reason):
+        tmp = TempDir("restart-damaged-one")
+        kam = None
+        try:
+            path = os.path.join(tmp.path, "apiban.snapshot")
+            with open(path, "wb") as f:
+                f.write(data)
+            kam = start_kamailio(tmp.path, self.feed, path)
+            # Started, empty: SIP is answered and nothing is refused yet.
+            self.assertEqual(kam.options(LISTED), 200)
+            self.assertEqual(kam.options(CLEAN), 200)
+            s = stats_when(kam, lambda s: "connection refused" in s["last_error"], "the connection error")
+            self.assertEqual((s["entries"], s["last_id"], s["last_sync"]), (0, 0, 0))
+            lines = [ln for ln in kam.log().splitlines() if "snapshot" in ln]
+            self.assertEqual(len(lines), 1, lines)
+            self.assertRegex(lines[0], rf"WARNING: apiban: snapshot {re.escape(path)} ignored: .*{reason}.*; "
+                                       r"starting empty")
+            # The feed returns: a full pull, and a good snapshot replaces the damaged one.
+            self.feed.start()
+            try:
+                kam.kamcmd("apiban.reload")
+                s = stats_when(kam, lambda s: s["entries"] == self.N and s["state"] == "ok", "the pull")
+                self.assertEqual(kam.options(LISTED), 403)
+                snap = wait_until(lambda: (lambda d: d if d["last_id"] == s["last_id"] else None)(read_snapshot(path)),
+                                  timeout=10, what="a good snapshot")
+                self.assertEqual(snap["ipv4"], self.N)
+            finally:
+                self.feed.stop()
+            self.assertNotIn(KEY, kam.log())
+        finally:
+            if kam:
+                kam.stop()
+            tmp.cleanup()
+
+    def test_truncated(self):
+        self.starts_empty_and_pulls(self.good[:-13], "truncated or padded")
+
+    def test_corrupt(self):
+        bad = bytearray(self.good)
+        bad[HEADER.size + 3] ^= 0x40  # an address bit: only the checksum tells
+        self.starts_empty_and_pulls(bytes(bad), "checksum mismatch")
+
+    def test_other_format_version(self):
+        bad = bytearray(self.good[:-8])
+        struct.pack_into("<I", bad, 8, 2)  # version 2, with a checksum that matches
+        bad += struct.pack("<Q", fnv1a(bytes(bad)))
+        self.starts_empty_and_pulls(bytes(bad), "format version 2, this module reads 1")
+
+    def test_not_a_snapshot(self):
+        self.starts_empty_and_pulls(b"#!/bin/sh\necho this is not a snapshot at all, but long enough\n",
+                                    "not an apiban snapshot")
+
+    def test_empty_file(self):
+        self.starts_empty_and_pulls(b"", r"too short \(0 bytes\)")
+
+
+class ExpiryAndResync(unittest.TestCase):
+    """`ttl` 60 s (the smallest allowed) on one server, `full_resync` 60 s on another, both
+    started together so that their waits overlap; each batch of the feed is one address, so each
+    address has its own listing time."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = [TempDir("expiry"), TempDir("resync")]
+        # Listed a day ago (the fake's default): past a ttl of 60 s at once.
+        cls.feed = FakeApiban(key=KEY, ips=[LISTED, "127.0.0.67"], batch=1).start()
+        cls.kam = start_kamailio(cls.tmp[0].path, cls.feed, os.path.join(cls.tmp[0].path, "s"),
+                                 modparams=[("ttl", '"60"')])
+        cls.resync_feed = FakeApiban(key=KEY, ips=[LISTED, "127.0.0.67", "127.0.0.68"]).start()
+        cls.resync = start_kamailio(cls.tmp[1].path, cls.resync_feed, os.path.join(cls.tmp[1].path, "s"),
+                                    modparams=[("full_resync", '"60"')])
+        cls.resync_started = time.time()
+
+    @classmethod
+    def tearDownClass(cls):
+        for k in (cls.kam, cls.resync):
+            k.stop()
+        cls.feed.stop()
+        cls.resync_feed.stop()
+        for t in cls.tmp:
+            t.cleanup()
+
+    def check(self, kam, ip):
+        return parse_kamcmd_struct(kam.kamcmd("apiban.check", ip)[1])["result"]
+
+    def add_and_pull(self, ip, listed_at):
+        syncs = self.kam.stats()["syncs"]
+        self.feed.add([ip], listed_at=listed_at)
+        return stats_when(self.kam, lambda s: s["syncs"] > syncs and s["last_id"] == self.feed.max_id,
+                          f"the pull of {ip}")
+
+    def test_a_entries_listed_longer_ago_than_ttl_are_dropped_at_once(self):
+        s = stats_when(self.kam, lambda s: s["syncs"] >= 1, "the first sync")
+        self.assertEqual(s["entries"], 0)
+        self.assertGreaterEqual(s["expired"], 2)
+        self.assertEqual(self.kam.options(LISTED), 200)
+        self.assertEqual(self.check(self.kam, LISTED), "not listed")
+
+    def test_b_an_entry_expires_ttl_after_its_listing_time(self):
+        ip = "127.0.0.91"
+        listed = int(time.time()) - 50  # expires 10 s from now
+        s0 = self.add_and_pull(ip, listed)
+        if time.time() < listed + 58:
+            self.assertEqual(self.kam.options(ip), 403)
+        # The lookup stops listing it when its time is up, without waiting for a pull ...
+        wait_until(lambda: self.kam.options(ip) == 200, timeout=30, step=0.5, what="the entry to expire")
+        self.assertGreaterEqual(time.time(), listed + 59)
+        # ... and the next pull drops it from the table and counts it.
+        s = stats_when(self.kam, lambda s: s["expired"] > s0["expired"], "the expiry counted")
+        self.assertEqual(s["entries"], s0["entries"] - 1)
+        self.assertEqual(self.check(self.kam, ip), "not listed")
+
+    def test_c_a_relisted_address_takes_the_newer_time(self):
+        ip = "127.0.0.92"
+        first = int(time.time()) - 50  # would expire 10 s from now
+        self.add_and_pull(ip, first)
+        self.add_and_pull(ip, int(time.time()))  # listed again: 60 s from now
+        while time.time() < first + 65:
+            time.sleep(0.5)
+        self.assertEqual(self.kam.options(ip), 403, "the re-listed address expired at its first listing time")
+        self.assertEqual(self.check(self.kam, ip), "listed")
+
+    def test_z_a_full_resync_drops_what_the_feed_no_longer_lists(self):
+        k, feed = self.resync, self.resync_feed
+        k.wait_synced(entries=3)
+        dropped = "127.0.0.68"
+        feed.set_list(ips=[LISTED, "127.0.0.67"])  # relisted, newer IDs; .68 is gone from the feed
+        feed.reset_stats()
+        # Incremental pulls only add: .68 stays listed until the next full pull.
+        stats_when(k, lambda s: s["last_id"] == feed.max_id, "an incremental pull")
+        self.assertEqual(k.options(dropped), 403)
+        self.assertNotIn("100", feed.stats()["ids"])
+        s = stats_when(k, lambda s: s["entries"] == 2, "the scheduled full pull",
+                       timeout=max(10, self.resync_started + 90 - time.time()))
+        self.assertIn("100", feed.stats()["ids"])
+        self.assertGreaterEqual(time.time() - self.resync_started, 55)
+        self.assertEqual(k.options(dropped), 200)
+        self.assertEqual(k.options(LISTED), 403)
+        self.assertIn("sync done (scheduled full)", k.log())
+        self.assertEqual(s["last_error"], "")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
