@@ -13,6 +13,8 @@ cargo build --release --locked
 echo "== unit tests of the Rust core (no server)"
 cargo test --release --locked
 echo "== clippy"
-cargo clippy --release --locked --all-targets -- -D warnings
+cargo clippy --locked --all-targets -- -D warnings
+echo "== fuzzing, a short bounded run (scripts/fuzz.sh SECONDS for a longer one)"
+bash scripts/fuzz.sh 15
 echo "== end-to-end tests (real servers, fake APIBAN feed, SIP over loopback)"
 "$PYTHON" -m unittest discover -s tests -p 'test_*.py' -v
