@@ -10,7 +10,7 @@ set -euo pipefail
 KAMAILIO_SRC=${KAMAILIO_SRC:-/usr/local/src/kamailio}
 export DEBIAN_FRONTEND=noninteractive
 
-need_pkgs=(kamailio kamailio-utils-modules kamailio-extra-modules kamailio-lua-modules
+need_pkgs=(kamailio kamailio-utils-modules kamailio-extra-modules kamailio-lua-modules kamailio-python3-modules
            sip-tester libclang-dev clang dpkg-dev make gcc curl python3 procps m4)
 missing=()
 for p in "${need_pkgs[@]}"; do

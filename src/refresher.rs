@@ -290,7 +290,15 @@ impl Refresher {
         let text = crate::log::redact(&e.to_string());
         c.last_error.put(&text);
         c.state.put(&format!("backoff until {until} ({} s): {text}", d.as_secs()));
-        log_warn!("feed request from ID {cursor} failed: {text}; retrying in {} s, the table in use is kept", d.as_secs());
+        if matches!(e, FeedError::Unauthorized(_)) {
+            // Not the feed's fault: the operator has to act.
+            log_err!(
+                "feed request from ID {cursor} failed: {text} (check apikey/apikey_file); retrying in {} s, the table in use is kept",
+                d.as_secs()
+            );
+        } else {
+            log_warn!("feed request from ID {cursor} failed: {text}; retrying in {} s, the table in use is kept", d.as_secs());
+        }
     }
 
     /// The feed has nothing newer: merge or replace, expire, bound, publish, persist.

@@ -154,7 +154,8 @@ class Kamailio:
         self.log_path = os.path.join(tmp, "kamailio.log")
         self.key = key
         d = {
-            "MODULE_PATH": f'"{KAMAILIO_MODULES}:{self.mod_dir}"',
+            # Ours first: mpath is searched in order, and an installed apiban.so must not win.
+            "MODULE_PATH": f'"{self.mod_dir}:{KAMAILIO_MODULES}"',
             "SIP_LISTEN": f"udp:127.0.0.1:{self.port}",
             "APIBAN_URL": f'"{feed_url}"',
             "APIBAN_KEY": f'"{key}"',

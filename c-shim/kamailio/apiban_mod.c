@@ -2,8 +2,9 @@
  * apiban module for Kamailio 5.6: the host side of the boundary.
  *
  * Translation only: Kamailio's export tables, parameter setters, the script functions, RPC and
- * KEMI wrappers, the refresher process registration and the LM_* logger. Every decision is made
- * by the Rust core behind c-shim/apiban.h.
+ * KEMI wrappers, the statistics (counters read from the core's shared values), the refresher
+ * process registration and the LM_* logger. Every decision is made by the Rust core behind
+ * c-shim/apiban.h.
  *
  * The symbols Kamailio looks up with dlsym (exports, module_version, module_flags, mod_register)
  * are defined in Rust (src/host/kamailio.rs) and point at the tables here: rustc's cdylib linking
@@ -24,6 +25,7 @@
 #include "core/pt.h"
 #include "core/ip_addr.h"
 #include "core/kemi.h"
+#include "core/counters.h"
 #include "core/cfg/cfg_struct.h"
 #include "core/parser/msg_parser.h"
 
@@ -258,6 +260,66 @@ rpc_export_t apiban_kam_rpc[] = {
 	{"apiban.check", apiban_rpc_check, apiban_rpc_check_doc, 0},
 	{0, 0, 0, 0}};
 
+/* ---- statistics ------------------------------------------------------------------------ */
+
+/* Kamailio's counters are per process; ours live in the core's shared mapping and are counted
+ * atomically by every worker. So each counter is registered with a read callback that returns
+ * the shared value: `kamcmd stats.get_statistics apiban:` (kex) and xhttp_prom read through
+ * counter_get_val(), which calls it. CNT_F_NO_RESET: stats.reset_statistics cannot zero them. */
+struct apiban_kam_stat
+{
+	const char *name;
+	size_t offset; /* of a uint64_t field of struct apiban_stats */
+	const char *doc;
+};
+
+/* The array size is negative (a compile error) unless the field is a uint64_t-sized counter. */
+#define APIBAN_STAT(n, doc)                                                              \
+	{#n, offsetof(struct apiban_stats, n)                                                \
+			 + 0 * sizeof(char[sizeof(((struct apiban_stats *)0)->n) == sizeof(uint64_t) ? 1 : -1]), \
+		doc}
+static const struct apiban_kam_stat apiban_kam_stats[] = {
+	APIBAN_STAT(checks, "lookups made by the routing script"),
+	APIBAN_STAT(hits, "lookups that found a listed address"),
+	APIBAN_STAT(entries, "addresses in the table"),
+	APIBAN_STAT(syncs, "successful pulls of the APIBAN list"),
+	APIBAN_STAT(sync_failures, "failed requests to the APIBAN feed"),
+	APIBAN_STAT(rate_limited, "429 replies from the APIBAN feed"),
+	APIBAN_STAT(requests, "HTTP requests made to the APIBAN feed"),
+	APIBAN_STAT(allowed, "listed addresses let through by the allow-list"),
+	APIBAN_STAT(expired, "entries dropped because their ttl passed"),
+	APIBAN_STAT(overflow, "addresses left out because of max_entries"),
+	APIBAN_STAT(skipped, "feed tokens that were not addresses"),
+	APIBAN_STAT(last_sync, "unix time of the last successful pull (0: never)"),
+};
+
+static counter_val_t apiban_kam_stat_get(counter_handle_t h, void *param)
+{
+	struct apiban_stats st;
+	uint64_t v;
+
+	if(apiban_stats_get(&st) < 0)
+		return 0;
+	memcpy(&v, (const char *)&st + (size_t)param, sizeof(v));
+	return (counter_val_t)v;
+}
+
+static int apiban_kam_register_stats(void)
+{
+	size_t i;
+
+	for(i = 0; i < sizeof(apiban_kam_stats) / sizeof(apiban_kam_stats[0]); i++) {
+		if(counter_register(NULL, "apiban", apiban_kam_stats[i].name, CNT_F_NO_RESET,
+				   apiban_kam_stat_get, (void *)apiban_kam_stats[i].offset,
+				   apiban_kam_stats[i].doc, 0)
+				< 0) {
+			LM_ERR("cannot register the statistic apiban:%s\n", apiban_kam_stats[i].name);
+			return -1;
+		}
+	}
+	return 0;
+}
+
 /* ---- module life cycle ----------------------------------------------------------------- */
 
 /* Called from Rust's mod_register at load, before any modparam. */
@@ -271,6 +333,9 @@ int apiban_kam_register(void)
 int apiban_kam_mod_init(void)
 {
 	if(apiban_mod_init() < 0)
+		return -1;
+	/* Counters can be registered until the fork (counters_prefork_init). */
+	if(apiban_kam_register_stats() < 0)
 		return -1;
 	/* Reserve the refresher's process slot, or the core reports "Process limit exceeded". */
 	if(register_procs(1) < 0) {

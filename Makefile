@@ -1,0 +1,49 @@
+# apiban for Kamailio: build, install, package, test.
+#
+#   make                  cargo build --release  (-> $(MODULE))
+#   make install          build, then install it as $(DESTDIR)$(MODULES_DIR)/apiban.so
+#   make uninstall        remove that file
+#   make deb              a Debian package of the module (scripts/package-deb.sh)
+#   make test             set up and run every test (scripts/test.sh)
+#
+# Overridable: MODULES_DIR (default: Debian's Kamailio module directory), DESTDIR (staging root),
+# CARGO, CARGO_TARGET_DIR (where cargo builds), CARGO_FLAGS (e.g. --offline).
+# The module must be built against the source of the Kamailio it is installed for (see README.md,
+# "Building and installing"); `make install` does not check that, Kamailio does at load time.
+
+MULTIARCH := $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+MODULES_DIR ?= /usr/lib/$(MULTIARCH)/kamailio/modules
+DESTDIR ?=
+
+# rustup installs cargo in ~/.cargo/bin, which a root shell's PATH may lack.
+CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
+CARGO_FLAGS ?= --locked
+TARGET_DIR := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
+MODULE := $(TARGET_DIR)/release/libapiban.so
+
+INSTALL ?= install
+
+.PHONY: all build install uninstall deb test clean
+
+all: build
+
+# cargo decides what is out of date (sources, the shim, the Kamailio tree build.rs reads).
+build:
+	$(CARGO) build --release $(CARGO_FLAGS)
+
+install: build
+	$(INSTALL) -d $(DESTDIR)$(MODULES_DIR)
+	$(INSTALL) -m 0644 $(MODULE) $(DESTDIR)$(MODULES_DIR)/apiban.so
+	@echo "installed $(DESTDIR)$(MODULES_DIR)/apiban.so: loadmodule \"apiban.so\" now finds it"
+
+uninstall:
+	rm -f $(DESTDIR)$(MODULES_DIR)/apiban.so
+
+deb:
+	bash scripts/package-deb.sh
+
+test:
+	bash scripts/test.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,467 @@
+"""What an operator runs in production, against Debian's real Kamailio: the statistics in
+Kamailio's counters framework (kex's stats.get_statistics, exact under a flood from every worker),
+Prometheus through xhttp_prom, KEMI routing scripts (Lua, JavaScript), `make install` and the
+Debian package installed with dpkg and loaded by a bare loadmodule "apiban.so"."""
+
+import os
+import re
+import socket
+import subprocess
+import threading
+import unittest
+import urllib.request
+import uuid
+
+from harness import (KAMAILIO_CFG, KAMAILIO_MODULES, REPO, FakeApiban, Kamailio, TempDir, free_port,
+                     read_text, wait_until)
+
+TARGET_DIR = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
+if not os.path.isabs(TARGET_DIR):
+    TARGET_DIR = os.path.join(REPO, TARGET_DIR)
+MODULE = os.path.join(TARGET_DIR, "release", "libapiban.so")
+LUA_SCRIPT = os.path.join(REPO, "tests", "lua", "apiban.lua")
+PKG = "kamailio-apiban-module"
+
+LISTED = ["127.0.0.66", "127.0.0.67", "2001:db8::66"]
+KEY = "k-operator-0123456789"
+# The counters that issue 5 names, and the extra ones the shim registers.
+STATS = ["checks", "hits", "entries", "syncs", "sync_failures", "rate_limited"]
+EXTRA_STATS = ["requests", "allowed", "expired", "overflow", "skipped", "last_sync"]
+
+
+def replace_once(text, old, new, count=1):
+    """str.replace that fails when the sample config no longer has what a test relies on."""
+    n = text.count(old)
+    if n < count:
+        raise AssertionError(f"the sample config has {n} x {old!r}, expected {count}")
+    return text.replace(old, new)
+
+
+def sip_request(src, port, headers=(), timeout=3.0):
+    """One OPTIONS from `src`; returns (status code, reason phrase), or (None, None) on timeout."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((src, 0))
+        s.settimeout(timeout)
+        lport = s.getsockname()[1]
+        cid = uuid.uuid4().hex
+        extra = "".join(f"{h}\r\n" for h in headers)
+        msg = (f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP {src}:{lport};branch=z9hG4bK{cid[:12]}\r\n"
+               "Max-Forwards: 70\r\n"
+               f"From: <sip:op@{src}>;tag={cid[:8]}\r\n"
+               f"To: <sip:127.0.0.1:{port}>\r\n"
+               f"Call-ID: {cid}\r\n"
+               "CSeq: 1 OPTIONS\r\n"
+               f"{extra}"
+               "Content-Length: 0\r\n\r\n")
+        s.sendto(msg.encode(), ("127.0.0.1", port))
+        try:
+            data = s.recv(65535).decode(errors="replace")
+        except socket.timeout:
+            return None, None
+        m = re.match(r"SIP/2\.0 (\d{3}) ([^\r\n]*)", data)
+        return (int(m.group(1)), m.group(2)) if m else (None, None)
+
+
+def get_statistics(kam, what="apiban:"):
+    """`kamcmd stats.get_statistics apiban:` as {name: value}."""
+    rc, out = kam.kamcmd("stats.get_statistics", what)
+    if rc != 0:
+        raise AssertionError(f"stats.get_statistics failed: {out}")
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^apiban:(\w+) = (\d+)$", out, re.M)}
+
+
+# ---------------------------------------------------------------------------------------------
+
+class Statistics(unittest.TestCase):
+    """One Kamailio with 4 SIP workers, kex, xhttp and xhttp_prom; the sample config's routing,
+    with the worker's PID in every reply reason so the test sees which processes answered."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = TempDir("kam-stats")
+        cls.feed = FakeApiban(key=KEY, ips=LISTED, count=1000).start()
+        cls.total = 1000 + len(LISTED)
+        cls.http_port = free_port()
+        text = read_text(KAMAILIO_CFG)
+        text = replace_once(text, "children=2", "children=4")
+        text = replace_once(text, "disable_tcp=yes",
+                            f"disable_tcp=no\ntcp_children=1\ntcp_accept_no_cl=yes\nlisten=tcp:127.0.0.1:{cls.http_port}")
+        text = replace_once(text, 'loadmodule "apiban.so"\n',
+                            'loadmodule "apiban.so"\nloadmodule "xhttp.so"\n'
+                            'loadmodule "xhttp_prom.so"\n'
+                            'modparam("xhttp_prom", "xhttp_prom_stats", "apiban:")\n')
+        text = replace_once(text, 'sl_send_reply("200", "OK")', 'sl_send_reply("200", "OK $pp")')
+        text = replace_once(text, 'sl_send_reply("403", "Forbidden")', 'sl_send_reply("403", "Forbidden $pp")',
+                            count=2)
+        text += ('\nevent_route[xhttp:request] {\n'
+                 '\tif ($hu =~ "^/metrics") {\n\t\tprom_dispatch();\n\t\texit;\n\t}\n'
+                 '\txhttp_reply("404", "Not Found", "text/plain", "no such page\\n");\n}\n')
+        cls.kam = Kamailio(cls.tmp.path, cls.feed.url, key=KEY, cfg_text=text, module=MODULE,
+                           defines={"APIBAN_INTERVAL": "1"}).start()
+        cls.kam.wait_synced(entries=cls.total)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.kam.stop()
+        cls.feed.stop()
+        cls.tmp.cleanup()
+
+    def metrics(self):
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            self.assertEqual(r.status, 200)
+            return r.read().decode()
+
+    def test_all_counters_are_registered_and_match_apiban_stats(self):
+        # The refresher pulls every second here: read the counters around apiban.stats, and
+        # each value of apiban.stats lies between the two reads (they only grow).
+        got = get_statistics(self.kam)
+        st = self.kam.stats()
+        again = get_statistics(self.kam)
+        self.assertEqual(sorted(got), sorted(STATS + EXTRA_STATS))
+        for name in STATS + EXTRA_STATS:
+            self.assertLessEqual(got[name], st[name], name)
+            self.assertLessEqual(st[name], again[name], name)
+        self.assertEqual(got["entries"], self.total)
+        self.assertGreaterEqual(got["syncs"], 1)
+        self.assertGreater(got["last_sync"], 1_700_000_000)
+        # A name alone finds the counter too (kex looks it up in every group).
+        rc, out = self.kam.kamcmd("stats.get_statistics", "entries")
+        self.assertEqual((rc, out.strip()), (0, f"apiban:entries = {self.total}"))
+        # The counters are the module's own: stats.reset_statistics leaves them alone.
+        self.assertEqual(sip_request("127.0.0.66", self.kam.port)[0], 403)
+        before = get_statistics(self.kam)
+        self.assertGreaterEqual(before["checks"], 1)
+        rc, out = self.kam.kamcmd("stats.reset_statistics", "apiban:")
+        self.assertEqual(rc, 0, out)
+        after = get_statistics(self.kam)
+        for name in ("checks", "hits", "entries", "rate_limited", "sync_failures"):
+            self.assertEqual(after[name], before[name], name)
+
+    def test_flood_from_every_worker_counts_exactly(self):
+        """2,000 OPTIONS from 8 loopback sources at once, answered by 4 workers: the counters
+        move by exactly the checks and hits the routing script made."""
+        per_source = 250
+        # (source, header, replies expected, checks per request, hits per request)
+        plan = [
+            ("127.0.0.66", None, 403, 1, 1),                       # listed source
+            ("127.0.0.67", None, 403, 1, 1),                       # listed source
+            ("127.0.0.5", None, 200, 1, 0),                        # clean source
+            ("127.0.0.6", None, 200, 1, 0),                        # clean source
+            ("127.0.0.7", "X-Real-IP: 10.0.0.1", 403, 2, 1),       # clean source, listed header
+            ("127.0.0.8", "X-Real-IP: [2001:db8::66]", 403, 2, 1),  # clean source, listed IPv6 header
+            ("127.0.0.9", "X-Real-IP: 192.0.2.1", 200, 2, 0),      # clean source, clean header
+            ("127.0.0.10", "X-Real-IP: not-an-ip", 200, 1, 0),     # -2 is neither a check nor a hit
+        ]
+        results = {i: [] for i in range(len(plan))}
+
+        def run(i, src, header):
+            hdrs = (header,) if header else ()
+            for _ in range(per_source):
+                results[i].append(sip_request(src, self.kam.port, hdrs, timeout=10))
+
+        before_api = self.kam.stats()
+        before = get_statistics(self.kam)
+        threads = [threading.Thread(target=run, args=(i, p[0], p[1])) for i, p in enumerate(plan)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        self.assertFalse(any(t.is_alive() for t in threads), "senders did not finish")
+        after = get_statistics(self.kam)
+        after_api = self.kam.stats()
+
+        pids = set()
+        for i, (src, header, code, _, _) in enumerate(plan):
+            codes = [c for c, _ in results[i]]
+            self.assertEqual(len(codes), per_source)
+            self.assertEqual(codes, [code] * per_source, f"{src} {header}: {sorted(set(map(str, codes)))}")
+            pids.update(reason.split()[-1] for _, reason in results[i])
+        sent = per_source * len(plan)
+        checks = per_source * sum(p[3] for p in plan)
+        hits = per_source * sum(p[4] for p in plan)
+        self.assertEqual(sent, 2000)
+        self.assertEqual(after["checks"] - before["checks"], checks)
+        self.assertEqual(after["hits"] - before["hits"], hits)
+        # The same shared values as apiban.stats: not one process's share of them.
+        self.assertEqual(after_api["checks"] - before_api["checks"], checks)
+        self.assertEqual(after_api["hits"] - before_api["hits"], hits)
+        # More than one worker answered (4 are listening on the one UDP socket).
+        self.assertGreaterEqual(len(pids), 2, f"worker PIDs seen: {pids}")
+        print(f"\n  flood: {sent} requests, {checks} checks, {hits} hits counted "
+              f"(apiban:checks {before['checks']} -> {after['checks']}, apiban:hits {before['hits']} -> "
+              f"{after['hits']}), answered by {len(pids)} workers", flush=True)
+
+    def test_prometheus_endpoint_serves_the_apiban_metrics(self):
+        self.assertEqual(sip_request("127.0.0.66", self.kam.port)[0], 403)
+        self.assertEqual(sip_request("127.0.0.5", self.kam.port)[0], 200)
+        body = self.metrics()
+        values = {m.group(1): int(m.group(2))
+                  for m in re.finditer(r"^kamailio_apiban_(\w+) (\d+)(?: \d+)?$", body, re.M)}
+        self.assertEqual(sorted(values), sorted(STATS + EXTRA_STATS), body)
+        stats = get_statistics(self.kam)
+        for name in ("checks", "hits", "entries"):
+            self.assertEqual(values[name], stats[name], name)
+        self.assertEqual(values["entries"], self.total)
+        self.assertGreaterEqual(values["hits"], 1)
+
+    def test_sync_failures_and_rate_limited_count_the_feed_s_refusals(self):
+        before = get_statistics(self.kam)
+        self.feed.set_fault("429", times=1, retry_after=1)
+        try:
+            wait_until(lambda: get_statistics(self.kam)["rate_limited"] > before["rate_limited"], timeout=30,
+                       what="apiban:rate_limited to count the 429")
+        finally:
+            self.feed.clear_fault()
+        self.feed.set_fault("status", times=1, code=503)
+        try:
+            wait_until(lambda: get_statistics(self.kam)["sync_failures"] >= before["sync_failures"] + 2,
+                       timeout=30, what="apiban:sync_failures to count the 429 and the 503")
+        finally:
+            self.feed.clear_fault()
+        # The refresher recovers and counts the next good pull.
+        wait_until(lambda: get_statistics(self.kam)["syncs"] > before["syncs"] and self.kam.stats()["state"] == "ok",
+                   timeout=60, what="a good pull after the faults")
+        after = get_statistics(self.kam)
+        st = self.kam.stats()
+        self.assertEqual(after["rate_limited"], st["rate_limited"])
+        self.assertEqual(after["sync_failures"], st["sync_failures"])
+        self.assertEqual(after["rate_limited"] - before["rate_limited"], 1)
+        self.assertEqual(after["sync_failures"] - before["sync_failures"], 2)
+        self.assertEqual(after["entries"], self.total)
+        # The back-off is one module-prefixed warning per failure, not an error; no key anywhere.
+        log = self.kam.log()
+        self.assertRegex(log, r"WARNING: apiban: .*429")
+        self.assertRegex(log, r"WARNING: apiban: .*503")
+        self.assertNotIn(KEY, log)
+        # No line per request: the flood and the other tests' requests left no apiban line
+        # beyond the ones of the start and of the syncs.
+        for line in log.splitlines():
+            if "apiban:" in line and ("INFO" in line or "WARNING" in line or "ERROR" in line):
+                self.assertNotRegex(line, r"127\.0\.0\.(66|67|5|6|7|8|9|10)\b", line)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def kemi_cfg(engine_module, engine, script):
+    """The sample config's global part and modules, with a KEMI routing script instead of the
+    native routing blocks."""
+    text = read_text(KAMAILIO_CFG)
+    head = text.split("####### Routing logic #########", 1)[0]
+    return (head + f'loadmodule "{engine_module}.so"\n'
+            f'modparam("{engine_module}", "load", "{script}")\n'
+            f'cfgengine "{engine}"\n')
+
+
+JS_SCRIPT = """
+function ksr_request_route() {
+	var src = KSR.apiban.apiban_check();
+	if (src > 0) {
+		KSR.sl.sl_send_reply(403, "Forbidden (apiban " + src + ")");
+		KSR.x.exit();
+	}
+	var real = KSR.hdr.get("X-Real-IP");
+	if (real !== null && real !== undefined) {
+		var r = KSR.apiban.apiban_check_ip(real);
+		if (r > 0) {
+			KSR.sl.sl_send_reply(403, "Forbidden (X-Real-IP apiban " + r + ")");
+			KSR.x.exit();
+		} else if (r == -2) {
+			KSR.sl.sl_send_reply(400, "Bad X-Real-IP (apiban " + r + ")");
+			KSR.x.exit();
+		}
+	}
+	KSR.sl.sl_send_reply(200, "OK (apiban " + src + ")");
+}
+"""
+
+
+PY_SCRIPT = """
+import KSR
+
+
+def mod_init():
+    return Kamailio()
+
+
+class Kamailio:
+    def child_init(self, rank):
+        return 0
+
+    def ksr_request_route(self, msg):
+        src = KSR.apiban.apiban_check()
+        if src > 0:
+            KSR.sl.sl_send_reply(403, "Forbidden (apiban %d)" % src)
+            return 1
+        real = KSR.hdr.get("X-Real-IP")
+        if real is not None:
+            r = KSR.apiban.apiban_check_ip(real)
+            if r > 0:
+                KSR.sl.sl_send_reply(403, "Forbidden (X-Real-IP apiban %d)" % r)
+                return 1
+            if r == -2:
+                KSR.sl.sl_send_reply(400, "Bad X-Real-IP (apiban %d)" % r)
+                return 1
+        KSR.sl.sl_send_reply(200, "OK (apiban %d)" % src)
+        return 1
+"""
+
+
+class Kemi(unittest.TestCase):
+    """KSR.apiban.apiban_check() and KSR.apiban.apiban_check_ip(ip) from real KEMI scripts; the
+    reply reasons carry the return values."""
+
+    cases = [
+        # (source, headers, status, reason)
+        ("127.0.0.66", (), 403, "Forbidden (apiban 1)"),
+        ("127.0.0.5", (), 200, "OK (apiban -1)"),
+        ("127.0.0.5", ("X-Real-IP: 127.0.0.67",), 403, "Forbidden (X-Real-IP apiban 1)"),
+        ("127.0.0.5", ("X-Real-IP: [2001:db8::66]",), 403, "Forbidden (X-Real-IP apiban 1)"),
+        ("127.0.0.5", ("X-Real-IP: 192.0.2.1",), 200, "OK (apiban -1)"),
+        ("127.0.0.5", ("X-Real-IP: not-an-ip",), 400, "Bad X-Real-IP (apiban -2)"),
+    ]
+
+    def run_engine(self, name, engine_module, engine, script):
+        tmp = TempDir(f"kam-kemi-{name}")
+        feed = FakeApiban(key=KEY, ips=LISTED, count=100).start()
+        try:
+            kam = Kamailio(tmp.path, feed.url, key=KEY, cfg_text=kemi_cfg(engine_module, engine, script),
+                           module=MODULE)
+            try:
+                kam.start()
+                kam.wait_synced(entries=100 + len(LISTED))
+                before = kam.stats()
+                for src, hdrs, code, reason in self.cases:
+                    self.assertEqual(sip_request(src, kam.port, hdrs), (code, reason), (src, hdrs))
+                after = kam.stats()
+                # Every case checked the source; four also checked a valid header address.
+                self.assertEqual(after["checks"] - before["checks"], len(self.cases) + 3)
+                self.assertEqual(after["hits"] - before["hits"], 3)
+            finally:
+                kam.stop()
+        finally:
+            feed.stop()
+            tmp.cleanup()
+
+    def test_lua_routing_script(self):
+        self.run_engine("lua", "app_lua", "lua", LUA_SCRIPT)
+
+    def run_inline(self, name, engine_module, engine, filename, text):
+        tmp = TempDir(f"kam-kemi-{name}-script")
+        try:
+            path = os.path.join(tmp.path, filename)
+            with open(path, "w") as f:
+                f.write(text)
+            self.run_engine(name, engine_module, engine, path)
+        finally:
+            tmp.cleanup()
+
+    def test_javascript_routing_script(self):
+        self.run_inline("js", "app_jsdt", "jsdt", "apiban.js", JS_SCRIPT)
+
+    def test_python_routing_script(self):
+        # app_python3 is in Debian's kamailio-python3-modules (scripts/setup-debian.sh installs it).
+        if not os.path.exists(os.path.join(KAMAILIO_MODULES, "app_python3.so")):
+            self.skipTest("app_python3.so not installed (Debian package kamailio-python3-modules)")
+        self.run_inline("python", "app_python3", "python", "apiban.py", PY_SCRIPT)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def dpkg_status(pkg):
+    r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True)
+    return r.stdout if r.returncode == 0 else ""
+
+
+def kamailio_version():
+    return subprocess.run(["dpkg-query", "-W", "-f=${Version}", "kamailio"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+class Install(unittest.TestCase):
+    """`make install` / `make uninstall`, and the Debian package installed into the real system."""
+
+    def setUp(self):
+        self.tmp = TempDir("kam-install")
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def make(self, *args):
+        env = dict(os.environ, CARGO_TARGET_DIR=TARGET_DIR)
+        r = subprocess.run(["make", "-C", REPO, *args], capture_output=True, text=True, env=env, timeout=1800)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        return r.stdout
+
+    def test_make_install_and_uninstall(self):
+        dest = os.path.join(self.tmp.path, "root")
+        out = self.make("install", f"DESTDIR={dest}")
+        installed = os.path.join(dest, KAMAILIO_MODULES.lstrip("/"), "apiban.so")
+        self.assertIn("loadmodule", out)
+        self.assertEqual(os.stat(installed).st_mode & 0o777, 0o644)
+        with open(installed, "rb") as a, open(MODULE, "rb") as b:
+            self.assertEqual(a.read(), b.read())
+        # MODULES_DIR moves it elsewhere.
+        self.make("install", f"DESTDIR={dest}", "MODULES_DIR=/opt/kamailio/modules")
+        self.assertTrue(os.path.isfile(os.path.join(dest, "opt/kamailio/modules/apiban.so")))
+        self.make("uninstall", f"DESTDIR={dest}")
+        self.assertFalse(os.path.exists(installed))
+
+    def test_debian_package_installs_and_loads_with_a_bare_loadmodule(self):
+        system_module = os.path.join(KAMAILIO_MODULES, "apiban.so")
+        if dpkg_status(PKG):
+            self.skipTest(f"{PKG} is already installed here: not touching it")
+        if os.path.exists(system_module):
+            self.skipTest(f"{system_module} exists (installed by hand?): not touching it")
+        out_dir = os.path.join(self.tmp.path, "deb")
+        env = dict(os.environ, CARGO_TARGET_DIR=TARGET_DIR, DEB_OUT_DIR=out_dir)
+        r = subprocess.run(["bash", os.path.join(REPO, "scripts", "package-deb.sh")], capture_output=True,
+                           text=True, env=env, timeout=1800)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        debs = [f for f in os.listdir(out_dir) if f.endswith(".deb")]
+        self.assertEqual(len(debs), 1, debs)
+        deb = os.path.join(out_dir, debs[0])
+
+        kver = kamailio_version()
+        fields = subprocess.run(["dpkg-deb", "-f", deb, "Package", "Depends"], capture_output=True, text=True,
+                                check=True).stdout
+        self.assertIn(f"Package: {PKG}", fields)
+        self.assertRegex(fields, rf"Depends: kamailio \(= {re.escape(kver)}\)")
+        contents = subprocess.run(["dpkg-deb", "-c", deb], capture_output=True, text=True, check=True).stdout
+        for path in (f"{KAMAILIO_MODULES}/apiban.so", f"/usr/share/doc/{PKG}/README.md.gz",
+                     f"/usr/share/doc/{PKG}/examples/kamailio.cfg", f"/usr/share/doc/{PKG}/copyright"):
+            self.assertIn("." + path, contents)
+
+        feed = FakeApiban(key=KEY, ips=LISTED, count=50).start()
+        kam = None
+        try:
+            r = subprocess.run(["dpkg", "-i", deb], capture_output=True, text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("install ok installed", dpkg_status(PKG))
+            self.assertTrue(os.path.isfile(system_module))
+            # The shipped example config, as installed, with the system's module path: its bare
+            # loadmodule "apiban.so" finds the packaged module.
+            example = read_text(f"/usr/share/doc/{PKG}/examples/kamailio.cfg")
+            self.assertIn('loadmodule "apiban.so"', example)
+            kam = Kamailio(self.tmp.path, feed.url, key=KEY, cfg_text=example, module=MODULE,
+                           defines={"MODULE_PATH": f'"{KAMAILIO_MODULES}"'})
+            kam.start()
+            kam.wait_synced(entries=50 + len(LISTED))
+            self.assertEqual(sip_request("127.0.0.66", kam.port)[0], 403)
+            self.assertEqual(sip_request("127.0.0.5", kam.port)[0], 200)
+            with open(f"/proc/{kam.proc.pid}/maps") as f:
+                maps = f.read()
+            self.assertIn(system_module, maps)
+            self.assertNotIn(os.path.join(kam.mod_dir, "apiban.so"), maps)
+        finally:
+            if kam:
+                kam.stop()
+            feed.stop()
+            subprocess.run(["dpkg", "-r", PKG], capture_output=True, timeout=300)
+        self.assertNotIn("ok installed", dpkg_status(PKG))
+        self.assertFalse(os.path.exists(system_module))
+
+
+if __name__ == "__main__":
+    unittest.main()
