@@ -5,7 +5,7 @@ import struct
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-from harness import FakeApiban, Kamailio, TempDir, wait_until  # noqa: E402
+from harness import FakeApiban, Kamailio, TempDir  # noqa: E402
 
 LISTED = "127.0.0.66"
 CLEAN = "127.0.0.5"

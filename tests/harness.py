@@ -65,9 +65,9 @@ def wait_until(fn, timeout=10.0, step=0.05, what="condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-def sip_options(src, port, headers=(), timeout=2.0, dst="127.0.0.1"):
-    """Sends one OPTIONS from `src` (a 127.0.0.x address) and returns the reply's status code,
-    or None when nothing came back."""
+def sip_exchange(src, port, headers=(), timeout=2.0, dst="127.0.0.1"):
+    """Sends one OPTIONS from `src` (a 127.0.0.x address); returns (status code, reason phrase),
+    or (None, None) when nothing came back."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((src, 0))
         s.settimeout(timeout)
@@ -89,9 +89,14 @@ def sip_options(src, port, headers=(), timeout=2.0, dst="127.0.0.1"):
         try:
             data = s.recv(65535).decode(errors="replace")
         except socket.timeout:
-            return None
-        m = re.match(r"SIP/2\.0 (\d{3})", data)
-        return int(m.group(1)) if m else None
+            return None, None
+        m = re.match(r"SIP/2\.0 (\d{3}) ([^\r\n]*)", data)
+        return (int(m.group(1)), m.group(2)) if m else (None, None)
+
+
+def sip_options(src, port, headers=(), timeout=2.0, dst="127.0.0.1"):
+    """The status code of one OPTIONS from `src`, or None when nothing came back."""
+    return sip_exchange(src, port, headers, timeout, dst)[0]
 
 
 class Proc:
@@ -137,7 +142,34 @@ def parse_kamcmd_struct(text):
     return out
 
 
-class Kamailio:
+class SipServer:
+    """What the Kamailio and OpenSIPS test servers share; subclasses set port, log_path, cfg
+    and stats()."""
+
+    def wait_synced(self, entries=None, syncs=1, timeout=20):
+        def ok():
+            s = self.stats()
+            if s.get("syncs", 0) < syncs:
+                return None
+            if entries is not None and s.get("entries") != entries:
+                return None
+            return s
+        return wait_until(ok, timeout=timeout, step=0.1, what=f"a sync with {entries} entries")
+
+    def options(self, src, headers=()):
+        return sip_options(src, self.port, headers)
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def without_modparam(self, name):
+        """Removes a modparam line of the sample config from this server's copy."""
+        text = read_text(self.cfg)
+        write_text(self.cfg, re.sub(rf'^modparam\("apiban", "{name}".*\n', "", text, flags=re.M))
+
+
+class Kamailio(SipServer):
     """Debian's kamailio with the sample config (or a variant of it) and our module."""
 
     def __init__(self, tmp, feed_url, key="test-key-4242", defines=None, modparams=(), extra_cfg="",
@@ -220,28 +252,6 @@ class Kamailio:
         if rc != 0:
             raise AssertionError(f"apiban.stats failed: {out}")
         return parse_kamcmd_struct(out)
-
-    def wait_synced(self, entries=None, syncs=1, timeout=20):
-        def ok():
-            s = self.stats()
-            if s.get("syncs", 0) < syncs:
-                return None
-            if entries is not None and s.get("entries") != entries:
-                return None
-            return s
-        return wait_until(ok, timeout=timeout, step=0.1, what=f"a sync with {entries} entries")
-
-    def options(self, src, headers=()):
-        return sip_options(src, self.port, headers)
-
-    def log(self):
-        with open(self.log_path, "rb") as f:
-            return f.read().decode(errors="replace")
-
-    def without_modparam(self, name):
-        """Removes a modparam line of the sample config from this server's copy."""
-        text = read_text(self.cfg)
-        write_text(self.cfg, re.sub(rf'^modparam\("apiban", "{name}".*\n', "", text, flags=re.M))
 
 
 class TempDir:

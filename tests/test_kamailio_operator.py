@@ -5,15 +5,13 @@ Debian package installed with dpkg and loaded by a bare loadmodule "apiban.so"."
 
 import os
 import re
-import socket
 import subprocess
 import threading
 import unittest
 import urllib.request
-import uuid
 
 from harness import (KAMAILIO_CFG, KAMAILIO_MODULES, REPO, FakeApiban, Kamailio, TempDir, free_port,
-                     read_text, wait_until)
+                     read_text, sip_exchange, wait_until)
 
 TARGET_DIR = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
 if not os.path.isabs(TARGET_DIR):
@@ -35,32 +33,6 @@ def replace_once(text, old, new, count=1):
     if n < count:
         raise AssertionError(f"the sample config has {n} x {old!r}, expected {count}")
     return text.replace(old, new)
-
-
-def sip_request(src, port, headers=(), timeout=3.0):
-    """One OPTIONS from `src`; returns (status code, reason phrase), or (None, None) on timeout."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((src, 0))
-        s.settimeout(timeout)
-        lport = s.getsockname()[1]
-        cid = uuid.uuid4().hex
-        extra = "".join(f"{h}\r\n" for h in headers)
-        msg = (f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
-               f"Via: SIP/2.0/UDP {src}:{lport};branch=z9hG4bK{cid[:12]}\r\n"
-               "Max-Forwards: 70\r\n"
-               f"From: <sip:op@{src}>;tag={cid[:8]}\r\n"
-               f"To: <sip:127.0.0.1:{port}>\r\n"
-               f"Call-ID: {cid}\r\n"
-               "CSeq: 1 OPTIONS\r\n"
-               f"{extra}"
-               "Content-Length: 0\r\n\r\n")
-        s.sendto(msg.encode(), ("127.0.0.1", port))
-        try:
-            data = s.recv(65535).decode(errors="replace")
-        except socket.timeout:
-            return None, None
-        m = re.match(r"SIP/2\.0 (\d{3}) ([^\r\n]*)", data)
-        return (int(m.group(1)), m.group(2)) if m else (None, None)
 
 
 def get_statistics(kam, what="apiban:"):
@@ -130,7 +102,7 @@ class Statistics(unittest.TestCase):
         rc, out = self.kam.kamcmd("stats.get_statistics", "entries")
         self.assertEqual((rc, out.strip()), (0, f"apiban:entries = {self.total}"))
         # The counters are the module's own: stats.reset_statistics leaves them alone.
-        self.assertEqual(sip_request("127.0.0.66", self.kam.port)[0], 403)
+        self.assertEqual(sip_exchange("127.0.0.66", self.kam.port)[0], 403)
         before = get_statistics(self.kam)
         self.assertGreaterEqual(before["checks"], 1)
         rc, out = self.kam.kamcmd("stats.reset_statistics", "apiban:")
@@ -159,7 +131,7 @@ class Statistics(unittest.TestCase):
         def run(i, src, header):
             hdrs = (header,) if header else ()
             for _ in range(per_source):
-                results[i].append(sip_request(src, self.kam.port, hdrs, timeout=10))
+                results[i].append(sip_exchange(src, self.kam.port, hdrs, timeout=10))
 
         before_api = self.kam.stats()
         before = get_statistics(self.kam)
@@ -194,8 +166,8 @@ class Statistics(unittest.TestCase):
               f"{after['hits']}), answered by {len(pids)} workers", flush=True)
 
     def test_prometheus_endpoint_serves_the_apiban_metrics(self):
-        self.assertEqual(sip_request("127.0.0.66", self.kam.port)[0], 403)
-        self.assertEqual(sip_request("127.0.0.5", self.kam.port)[0], 200)
+        self.assertEqual(sip_exchange("127.0.0.66", self.kam.port)[0], 403)
+        self.assertEqual(sip_exchange("127.0.0.5", self.kam.port)[0], 200)
         body = self.metrics()
         values = {m.group(1): int(m.group(2))
                   for m in re.finditer(r"^kamailio_apiban_(\w+) (\d+)(?: \d+)?$", body, re.M)}
@@ -333,7 +305,7 @@ class Kemi(unittest.TestCase):
                 kam.wait_synced(entries=100 + len(LISTED))
                 before = kam.stats()
                 for src, hdrs, code, reason in self.cases:
-                    self.assertEqual(sip_request(src, kam.port, hdrs), (code, reason), (src, hdrs))
+                    self.assertEqual(sip_exchange(src, kam.port, hdrs), (code, reason), (src, hdrs))
                 after = kam.stats()
                 # Every case checked the source; four also checked a valid header address.
                 self.assertEqual(after["checks"] - before["checks"], len(self.cases) + 3)
@@ -448,8 +420,8 @@ class Install(unittest.TestCase):
                            defines={"MODULE_PATH": f'"{KAMAILIO_MODULES}"'})
             kam.start()
             kam.wait_synced(entries=50 + len(LISTED))
-            self.assertEqual(sip_request("127.0.0.66", kam.port)[0], 403)
-            self.assertEqual(sip_request("127.0.0.5", kam.port)[0], 200)
+            self.assertEqual(sip_exchange("127.0.0.66", kam.port)[0], 403)
+            self.assertEqual(sip_exchange("127.0.0.5", kam.port)[0], 200)
             with open(f"/proc/{kam.proc.pid}/maps") as f:
                 maps = f.read()
             self.assertIn(system_module, maps)

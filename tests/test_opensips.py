@@ -23,7 +23,7 @@ import time
 import unittest
 import uuid
 
-from harness import REPO, FakeApiban, Proc, TempDir, free_port, read_text, sip_options, wait_until, write_text
+from harness import REPO, FakeApiban, Proc, SipServer, TempDir, free_port, read_text, wait_until, write_text
 
 OPENSIPS_SRC = os.environ.get("OPENSIPS_SRC", "/usr/local/src/opensips")
 OPENSIPS = os.path.join(OPENSIPS_SRC, "opensips")
@@ -134,7 +134,7 @@ def pid_gone(pid):
         return True
 
 
-class OpenSIPS:
+class OpenSIPS(SipServer):
     """The tree's opensips with the sample config (through `m4 -P`, as its header says) and our
     module, in its own temp dir."""
 
@@ -242,27 +242,6 @@ class OpenSIPS:
 
     def stats(self):
         return self.mi("apiban_stats")
-
-    def wait_synced(self, entries=None, syncs=1, timeout=20):
-        def ok():
-            s = self.stats()
-            if s.get("syncs", 0) < syncs:
-                return None
-            if entries is not None and s.get("entries") != entries:
-                return None
-            return s
-        return wait_until(ok, timeout=timeout, step=0.1, what=f"a sync with {entries} entries")
-
-    def options(self, src, headers=()):
-        return sip_options(src, self.port, headers)
-
-    def log(self):
-        with open(self.log_path, "rb") as f:
-            return f.read().decode(errors="replace")
-
-    def without_modparam(self, name):
-        text = read_text(self.cfg)
-        write_text(self.cfg, re.sub(rf'^modparam\("apiban", "{name}".*\n', "", text, flags=re.M))
 
 
 class OpenSIPSCase(unittest.TestCase):
