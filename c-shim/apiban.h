@@ -70,6 +70,12 @@ struct apiban_verdict {
 	char detail[APIBAN_TEXT_LEN]; /* "listed", "not listed", "allowed by allow 10.0.0.0/8", ... */
 };
 
+/* The module parameters, one list for both shims: each expands X(name) for every name. Each
+ * value reaches the core as text through apiban_param(). */
+#define APIBAN_PARAMS(X) \
+	X(apikey) X(apikey_file) X(url) X(api_version) X(set) X(interval) X(max_entries) \
+	X(timeout) X(rate_limit) X(snapshot_file) X(ttl) X(full_resync) X(allow) X(allow_file)
+
 /* ---- host -> core ---------------------------------------------------------------------- */
 
 /* Installs the host callbacks; call first (module load), before any parameter is set. */

@@ -357,4 +357,18 @@ mod tests {
         assert_eq!(parse_seconds("m"), None);
         assert_eq!(parse_seconds("1.5"), None);
     }
+
+    /// The shims register exactly the names of APIBAN_PARAMS in c-shim/apiban.h: each must be
+    /// one the core knows.
+    #[test]
+    fn every_parameter_the_shims_register_is_known() {
+        let header = include_str!("../c-shim/apiban.h");
+        let list = header.split("#define APIBAN_PARAMS(X)").nth(1).unwrap().split("\n\n").next().unwrap();
+        let names: Vec<&str> = list.split("X(").skip(1).map(|s| s.split(')').next().unwrap()).collect();
+        assert_eq!(names.len(), 14);
+        for n in names {
+            let e = Config::default().set(n, "").err().unwrap_or_default();
+            assert!(!e.contains("unknown parameter"), "{n}: {e}");
+        }
+    }
 }

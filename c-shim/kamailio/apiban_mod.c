@@ -92,41 +92,15 @@ static int apiban_kam_param(const char *name, modparam_t type, void *val)
 	}
 #define APIBAN_PARAM_ENTRIES(n)                                       \
 	{#n, PARAM_STRING | PARAM_USE_FUNC, (void *)apiban_kam_param_##n}, \
-	{#n, PARAM_INT | PARAM_USE_FUNC, (void *)apiban_kam_param_##n}
+	{#n, PARAM_INT | PARAM_USE_FUNC, (void *)apiban_kam_param_##n},
 
-APIBAN_PARAM(apikey)
-APIBAN_PARAM(apikey_file)
-APIBAN_PARAM(url)
-APIBAN_PARAM(api_version)
-APIBAN_PARAM(set)
-APIBAN_PARAM(interval)
-APIBAN_PARAM(max_entries)
-APIBAN_PARAM(timeout)
-APIBAN_PARAM(rate_limit)
-APIBAN_PARAM(snapshot_file)
-APIBAN_PARAM(ttl)
-APIBAN_PARAM(full_resync)
-APIBAN_PARAM(allow)
-APIBAN_PARAM(allow_file)
+APIBAN_PARAMS(APIBAN_PARAM)
 
 /* Both an int and a string entry per name: modparam("apiban", "interval", "abc") then reaches
  * the core, which refuses it with a message naming the parameter, instead of the core's
  * "parameter not found". */
 param_export_t apiban_kam_params[] = {
-	APIBAN_PARAM_ENTRIES(apikey),
-	APIBAN_PARAM_ENTRIES(apikey_file),
-	APIBAN_PARAM_ENTRIES(url),
-	APIBAN_PARAM_ENTRIES(api_version),
-	APIBAN_PARAM_ENTRIES(set),
-	APIBAN_PARAM_ENTRIES(interval),
-	APIBAN_PARAM_ENTRIES(max_entries),
-	APIBAN_PARAM_ENTRIES(timeout),
-	APIBAN_PARAM_ENTRIES(rate_limit),
-	APIBAN_PARAM_ENTRIES(snapshot_file),
-	APIBAN_PARAM_ENTRIES(ttl),
-	APIBAN_PARAM_ENTRIES(full_resync),
-	APIBAN_PARAM_ENTRIES(allow),
-	APIBAN_PARAM_ENTRIES(allow_file),
+	APIBAN_PARAMS(APIBAN_PARAM_ENTRIES)
 	{0, 0, 0}};
 
 /* ---- script functions ------------------------------------------------------------------ */

@@ -102,38 +102,12 @@ static int apiban_osips_param(const char *name, modparam_t type, void *val)
 /* One entry takes both types: modparam("apiban", "interval", "abc") reaches the core, which
  * refuses it with a message naming the parameter, instead of OpenSIPS's "type mismatch". */
 #define APIBAN_PARAM_ENTRY(n) \
-	{#n, STR_PARAM | INT_PARAM | USE_FUNC_PARAM, (void *)apiban_osips_param_##n}
+	{#n, STR_PARAM | INT_PARAM | USE_FUNC_PARAM, (void *)apiban_osips_param_##n},
 
-APIBAN_PARAM(apikey)
-APIBAN_PARAM(apikey_file)
-APIBAN_PARAM(url)
-APIBAN_PARAM(api_version)
-APIBAN_PARAM(set)
-APIBAN_PARAM(interval)
-APIBAN_PARAM(max_entries)
-APIBAN_PARAM(timeout)
-APIBAN_PARAM(rate_limit)
-APIBAN_PARAM(snapshot_file)
-APIBAN_PARAM(ttl)
-APIBAN_PARAM(full_resync)
-APIBAN_PARAM(allow)
-APIBAN_PARAM(allow_file)
+APIBAN_PARAMS(APIBAN_PARAM)
 
 const param_export_t apiban_osips_params[] = {
-	APIBAN_PARAM_ENTRY(apikey),
-	APIBAN_PARAM_ENTRY(apikey_file),
-	APIBAN_PARAM_ENTRY(url),
-	APIBAN_PARAM_ENTRY(api_version),
-	APIBAN_PARAM_ENTRY(set),
-	APIBAN_PARAM_ENTRY(interval),
-	APIBAN_PARAM_ENTRY(max_entries),
-	APIBAN_PARAM_ENTRY(timeout),
-	APIBAN_PARAM_ENTRY(rate_limit),
-	APIBAN_PARAM_ENTRY(snapshot_file),
-	APIBAN_PARAM_ENTRY(ttl),
-	APIBAN_PARAM_ENTRY(full_resync),
-	APIBAN_PARAM_ENTRY(allow),
-	APIBAN_PARAM_ENTRY(allow_file),
+	APIBAN_PARAMS(APIBAN_PARAM_ENTRY)
 	{0, 0, 0}};
 
 /* ---- script function ------------------------------------------------------------------- */
