@@ -99,8 +99,10 @@ class FeedFaultCase(unittest.TestCase):
 
     def wait_error(self, expect, from_id, timeout=20):
         """A request from `from_id` fails with an error containing `expect` (its log line: so the
-        failure seen is that of the pull the test asked for, not of one before it)."""
-        line = re.compile(rf"WARNING: apiban: feed request from ID {from_id} failed: .*{re.escape(expect)}")
+        failure seen is that of the pull the test asked for, not of one before it). A refused key
+        is logged as an error (the operator has to act), every other failure as a warning."""
+        level = "ERROR" if "API key was refused" in expect else "WARNING"
+        line = re.compile(rf"{level}: apiban: feed request from ID {from_id} failed: .*{re.escape(expect)}")
         n0 = len(line.findall(self.kam.log()))
         wait_until(lambda: len(line.findall(self.kam.log())) > n0, timeout=timeout, step=0.1,
                    what=line.pattern)
