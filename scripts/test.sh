@@ -16,5 +16,15 @@ echo "== clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== fuzzing, a short bounded run (scripts/fuzz.sh SECONDS for a longer one)"
 bash scripts/fuzz.sh 15
+# opensips-cli is how an OpenSIPS operator reaches MI; it comes from PyPI (it is not in Debian),
+# installed into target/ beside the build so that nothing outside the checkout changes.
+if [[ -x "${OPENSIPS_SRC:-/usr/local/src/opensips}/opensips" ]]; then
+    pylib=target/pylib
+    if ! PYTHONPATH=$pylib "$PYTHON" -c 'import opensipscli' 2>/dev/null; then
+        echo "== opensips-cli (PyPI) into $pylib"
+        "$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$pylib" opensipscli
+    fi
+    export PYTHONPATH="$PWD/$pylib${PYTHONPATH:+:$PYTHONPATH}"
+fi
 echo "== end-to-end tests (real servers, fake APIBAN feed, SIP over loopback)"
 "$PYTHON" -m unittest discover -s tests -p 'test_*.py' -v
