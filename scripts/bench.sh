@@ -27,7 +27,7 @@ esac
 
 for tool in kamailio kamcmd sipp valgrind; do
     command -v "$tool" >/dev/null 2>&1 || {
-        echo "bench: $tool not found: run scripts/setup-debian.sh (and apt-get install valgrind)" >&2; exit 1; }
+        echo "bench: $tool not found: run scripts/setup-debian.sh" >&2; exit 1; }
 done
 
 start=$(date +%s)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a Debian 12 machine (as root) and runs every test: unit tests of the Rust core, clippy,
-# and the end-to-end tests against the real Kamailio (and OpenSIPS, when a built tree is at
-# $OPENSIPS_SRC; otherwise that file prints SKIPPED).
+# the end-to-end tests against the real Kamailio (and OpenSIPS, when a built tree is at
+# $OPENSIPS_SRC; otherwise that file prints SKIPPED), and the benchmarks once at tiny sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -28,3 +28,5 @@ if [[ -x "${OPENSIPS_SRC:-/usr/local/src/opensips}/opensips" ]]; then
 fi
 echo "== end-to-end tests (real servers, fake APIBAN feed, SIP over loopback)"
 "$PYTHON" -m unittest discover -s tests -p 'test_*.py' -v
+echo "== benchmarks once at tiny sizes, to keep them working (bash scripts/bench.sh for the figures)"
+bash scripts/bench.sh --tiny
