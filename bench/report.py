@@ -721,7 +721,7 @@ def main():
     P("bash scripts/bench.sh --tiny   # tiny sizes, a couple of minutes, writes nothing in the repo (CI)")
     P("```")
     P("")
-    P("Needs what scripts/setup-debian.sh installs (Kamailio and its utils/extra modules, sipp) plus valgrind; the "
+    P("Needs what scripts/setup-debian.sh installs (Kamailio and its utils/extra modules, sipp, valgrind); the "
       "chart uses matplotlib, which the full run installs with pip when it is missing (gnuplot otherwise). "
       "`cargo bench --features bench --bench lookup` (or `--bench load`) runs one micro-benchmark alone.")
     with open(a.markdown, "w") as f:

@@ -11,7 +11,7 @@
 #   bash scripts/bench.sh --tiny   tiny sizes, a couple of minutes; keeps it working in CI and writes
 #                                  nothing in the repository (results in a temp dir, removed)
 #
-# Needs: what scripts/setup-debian.sh installs, and valgrind. Builds into cargo's target dir
+# Needs: what scripts/setup-debian.sh installs (valgrind included). Builds into cargo's target dir
 # (CARGO_TARGET_DIR is honoured): the benches with `--features bench`, then the module itself, last,
 # so that target/release/libapiban.so is the real module when this ends.
 set -euo pipefail
