@@ -42,6 +42,25 @@ impl Mapping {
     pub fn len(&self) -> usize {
         self.len
     }
+
+    /// Gives the pages of `[off, off + len)` back to the kernel; they read as zeros afterwards
+    /// (in every process: the mapping is shared memory, so MADV_REMOVE frees its backing rather
+    /// than this process's view of it). `off` is page-aligned; `len` is rounded up to pages.
+    pub fn release(&self, off: usize, len: usize) -> io::Result<()> {
+        let len = ((len + 4095) & !4095).min(self.len.saturating_sub(off));
+        if len == 0 {
+            return Ok(());
+        }
+        debug_assert_eq!(off % 4096, 0);
+        // SAFETY: the range lies inside the mapping; every access to its contents is atomic and
+        // zero is a valid value for all of it.
+        let rc = unsafe { libc::madvise(self.ptr.as_ptr().add(off).cast(), len, libc::MADV_REMOVE) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
 }
 
 impl Drop for Mapping {
