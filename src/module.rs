@@ -134,14 +134,23 @@ pub fn split_live(entries: &[(Key, u32)], ttl: u64, now: u64, max: usize) -> Liv
 }
 
 impl Module {
-    /// The lookup path of the script functions.
-    #[inline]
+    /// The lookup path of the script functions. Inlined, so that each entry point compiles to
+    /// the probe of its own address family; what follows a hit is out of line, which keeps the
+    /// common case (a clean source) a short function with few registers to save.
+    #[inline(always)]
     pub fn check(&self, key: Key) -> i32 {
-        let c = self.stats.get();
-        c.checks.0.fetch_add(1, Relaxed);
-        if !self.table.contains(key) {
-            return APIBAN_NOT_LISTED;
+        self.stats.get().checks.0.fetch_add(1, Relaxed);
+        if self.table.contains(key) {
+            self.listed(key)
+        } else {
+            APIBAN_NOT_LISTED
         }
+    }
+
+    /// A listed address: refused unless the allow list names it.
+    #[inline(never)]
+    fn listed(&self, key: Key) -> i32 {
+        let c = self.stats.get();
         if !self.allow.is_empty() && self.allow.find(key).is_some() {
             c.allowed.0.fetch_add(1, Relaxed);
             return APIBAN_NOT_LISTED;
