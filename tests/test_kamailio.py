@@ -6,8 +6,8 @@ import re
 import subprocess
 import unittest
 
-from harness import (KAMAILIO, KAMAILIO_MODULE, FakeApiban, Kamailio, TempDir, parse_kamcmd_struct,
-                     wait_until)
+from harness import (KAMAILIO, KAMAILIO_CFG, KAMAILIO_MODULE, FakeApiban, Kamailio, TempDir,
+                     parse_kamcmd_struct, read_text, sip_exchange, wait_until)
 
 LISTED = ["127.0.0.66", "127.0.0.67", "2001:db8::66"]
 CLEAN = "127.0.0.5"
@@ -27,6 +27,58 @@ class ModuleFile(unittest.TestCase):
             data = f.read()
         self.assertIn(version.encode() + b"\0", data)
         self.assertIn(flags.encode() + b"\0", data)
+
+
+# One check per spelling of the parameter, chosen by the request's X-Form header: "$si" and
+# "$src_ip" take the shim's raw-address path, the others are formatted by the core and parsed.
+SPELLINGS_ROUTE = r"""
+request_route {
+	if ($hdr(X-Form) == "si" && apiban_check("$si")) { sl_send_reply("403", "Forbidden"); exit; }
+	if ($hdr(X-Form) == "src_ip" && apiban_check("$src_ip")) { sl_send_reply("403", "Forbidden"); exit; }
+	if ($hdr(X-Form) == "spaced" && apiban_check(" $si ")) { sl_send_reply("403", "Forbidden"); exit; }
+	if ($hdr(X-Form) == "var") {
+		$var(src) = $si;
+		if (apiban_check("$var(src)")) { sl_send_reply("403", "Forbidden"); exit; }
+	}
+	if ($hdr(X-Form) == "prefixed") {
+		$var(rc) = apiban_check("from $si");
+		sl_send_reply("200", "rc=$var(rc)");
+		exit;
+	}
+	sl_send_reply("200", "OK");
+	exit;
+}
+"""
+
+
+class ParameterSpellings(unittest.TestCase):
+    """apiban_check("$si") reads the source address raw; every other spelling still works."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = TempDir("kam-spell")
+        cls.feed = FakeApiban(key=KEY, ips=LISTED).start()
+        text = read_text(KAMAILIO_CFG)
+        text = text[:text.index("request_route {")] + SPELLINGS_ROUTE
+        cls.kam = Kamailio(cls.tmp.path, cls.feed.url, key=KEY, cfg_text=text).start()
+        cls.kam.wait_synced(entries=len(LISTED))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.kam.stop()
+        cls.feed.stop()
+        cls.tmp.cleanup()
+
+    def test_each_spelling_refuses_a_listed_source_and_serves_a_clean_one(self):
+        for form in ("si", "src_ip", "spaced", "var"):
+            before = self.kam.stats()
+            self.assertEqual(self.kam.options("127.0.0.66", [f"X-Form: {form}"]), 403, form)
+            self.assertEqual(self.kam.options(CLEAN, [f"X-Form: {form}"]), 200, form)
+            after = self.kam.stats()
+            self.assertEqual((after["checks"] - before["checks"], after["hits"] - before["hits"]), (2, 1), form)
+
+    def test_text_around_the_variable_is_an_unparsable_address(self):
+        self.assertEqual(sip_exchange("127.0.0.66", self.kam.port, ["X-Form: prefixed"]), (200, "rc=-2"))
 
 
 class EndToEnd(unittest.TestCase):

@@ -21,6 +21,7 @@
 #include "core/ver_defs.h"
 #include "core/dprint.h"
 #include "core/mod_fix.h"
+#include "core/pvar.h"
 #include "core/rpc.h"
 #include "core/pt.h"
 #include "core/ip_addr.h"
@@ -120,9 +121,51 @@ static int apiban_kam_check_str(str *s)
 	return apiban_check_text(s->s, (size_t)s->len);
 }
 
+/* apiban_check("$si") is how most configs spell the source check. Formatting the address as
+ * text and parsing it back costs several hundred instructions; so the fixup recognises a
+ * parameter that is exactly the source-address variable ($si or $src_ip, no transformation,
+ * nothing around it) and leaves this marker in its place, and the call reads msg->rcv.src_ip
+ * as apiban_check() does. Any other parameter is formatted by the core as usual. */
+static char apiban_kam_src_marker;
+
+static int apiban_kam_is_src_pv(fparam_t *fp)
+{
+	str si = str_init("$si");
+	pv_spec_t spec;
+	pv_elem_t *e;
+
+	if(fp->type != FPARAM_PVE || (e = fp->v.pve) == NULL || e->next != NULL || e->text.len != 0
+			|| e->spec == NULL || e->spec->trans != NULL)
+		return 0;
+	memset(&spec, 0, sizeof(spec));
+	if(pv_parse_spec2(&si, &spec, 1) == NULL)
+		return 0;
+	return e->spec->getf == spec.getf && e->spec->type == spec.type;
+}
+
+static int fixup_apiban_check(void **param, int param_no)
+{
+	if(fixup_spve_null(param, param_no) < 0)
+		return -1;
+	if(param_no == 1 && apiban_kam_is_src_pv((fparam_t *)*param)) {
+		fixup_free_spve_null(param, param_no);
+		*param = &apiban_kam_src_marker;
+	}
+	return 0;
+}
+
+static int fixup_free_apiban_check(void **param, int param_no)
+{
+	if(param_no == 1 && *param == &apiban_kam_src_marker)
+		return 0;
+	return fixup_free_spve_null(param, param_no);
+}
+
 static int w_apiban_check1(sip_msg_t *msg, char *p1, char *p2)
 {
 	str ip;
+	if(p1 == &apiban_kam_src_marker)
+		return apiban_kam_check_src(msg);
 	if(fixup_get_svalue(msg, (gparam_t *)p1, &ip) < 0)
 		return APIBAN_BAD_ADDRESS;
 	return apiban_kam_check_str(&ip);
@@ -130,7 +173,8 @@ static int w_apiban_check1(sip_msg_t *msg, char *p1, char *p2)
 
 cmd_export_t apiban_kam_cmds[] = {
 	{"apiban_check", (cmd_function)w_apiban_check0, 0, 0, 0, ANY_ROUTE},
-	{"apiban_check", (cmd_function)w_apiban_check1, 1, fixup_spve_null, fixup_free_spve_null, ANY_ROUTE},
+	{"apiban_check", (cmd_function)w_apiban_check1, 1, fixup_apiban_check, fixup_free_apiban_check,
+			ANY_ROUTE},
 	{0, 0, 0, 0, 0, 0}};
 
 /* ---- KEMI ------------------------------------------------------------------------------ */
