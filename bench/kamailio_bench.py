@@ -407,7 +407,7 @@ def parse_callgrind(path, functions):
 # points, the table lookup, the text parser, and the interpreter's own helpers for comparison.
 CALLGRIND_FUNCTIONS = ["w_apiban_check0", "w_apiban_check1", "apiban_check_addr", "apiban_check_text",
                        "apiban::table::Table::contains", "apiban::addr::parse_text", "fixup_get_svalue",
-                       "is_request", "pv_get_spec_value", "ht_cell_pkg_copy"]
+                       "is_request", "pv_get_spec_value", "pv_printf", "ht_cell_pkg_copy"]
 
 
 def callgrind_sources(n):
@@ -475,7 +475,7 @@ def part_callgrind(args, out):
     n = 1000 if args.tiny else 20000
     runs = {}
     plan = [("none", "NONE", n, n), ("floor", "FLOOR", n, n), ("htable", "HTABLE", n, n),
-            ("apiban0", "APIBAN0", n, n), ("apiban1", "APIBAN1", n, n)]
+            ("apiban0", "APIBAN0", n, n), ("apiban1", "APIBAN1", n, n), ("apiban1_text", "APIBAN1_TEXT", n, n)]
     if not args.tiny:
         plan += [("apiban0_1k", "APIBAN0", 1000, n), ("apiban0_1M", "APIBAN0", 1_000_000, n)]
     if args.tiny:
