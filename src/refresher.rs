@@ -24,45 +24,61 @@ const TICK: Duration = Duration::from_millis(200);
 /// Runs forever. A panic restarts the loop after a pause: nothing here may end the process,
 /// since the server would then shut down.
 pub fn run(m: &'static Module) -> ! {
+    // The request history outlives a restart of the loop: the feed still counts what was sent
+    // before the internal error.
+    let cfg = &m.settings.cfg;
+    let mut limiter = RateLimiter::new(cfg.rate_limit.0, cfg.rate_limit.1);
     loop {
-        let _ = catch_unwind(AssertUnwindSafe(|| Refresher::new(m).run()));
+        let _ = catch_unwind(AssertUnwindSafe(|| Refresher::new(m, &mut limiter).run()));
         m.stats.get().state.put("restarting after an internal error");
         log_err!("refresher: internal error, restarting in 5 s (the table in use is kept)");
         std::thread::sleep(Duration::from_secs(5));
     }
 }
 
-/// At most `max` requests in any `window`, spaced at least window / (2 × max) apart so that a
-/// long pull is paced rather than sent in one burst.
+/// At most `max` requests in any `window` as the feed counts them, spaced at least
+/// window / (2 × max) apart so that a long pull is paced rather than sent in one burst.
+///
+/// The feed counts arrivals, and a request arrives somewhere between its send and the end of
+/// its reply: a first request slowed by DNS, TCP and TLS may arrive after a later one sent on a
+/// kept-alive connection. So each request is recorded when its reply (or its failure) is
+/// complete, a time no arrival is later than, and request k + max waits for `window` plus a
+/// margin after request k's record. Then any two arrivals max apart are more than `window`
+/// apart, whatever the network did, and no window the feed can draw holds more than max.
 pub struct RateLimiter {
     max: usize,
     window: Duration,
     gap: Duration,
-    sent: VecDeque<Instant>,
+    /// When each recent request was complete, oldest first.
+    done: VecDeque<Instant>,
 }
+
+/// Covers a feed that counts in whole seconds or draws closed windows.
+pub const RATE_MARGIN: Duration = Duration::from_secs(1);
 
 impl RateLimiter {
     pub fn new(max: u32, window_secs: u64) -> RateLimiter {
         let window = Duration::from_secs(window_secs);
-        RateLimiter { max: max.max(1) as usize, window, gap: window / (2 * max.max(1)), sent: VecDeque::new() }
+        RateLimiter { max: max.max(1) as usize, window, gap: window / (2 * max.max(1)), done: VecDeque::new() }
     }
 
-    /// How long until the next request may go, zero when it may go now.
+    /// How long until the next request may be sent, zero when it may go now.
     pub fn wait(&mut self, now: Instant) -> Duration {
-        while self.sent.front().is_some_and(|&t| now.duration_since(t) >= self.window) {
-            self.sent.pop_front();
+        while self.done.front().is_some_and(|&t| now.saturating_duration_since(t) >= self.window + RATE_MARGIN) {
+            self.done.pop_front();
         }
-        let by_gap = self.sent.back().map_or(Duration::ZERO, |&t| (t + self.gap).saturating_duration_since(now));
-        let by_window = if self.sent.len() >= self.max {
-            (self.sent[0] + self.window).saturating_duration_since(now)
+        let by_gap = self.done.back().map_or(Duration::ZERO, |&t| (t + self.gap).saturating_duration_since(now));
+        let by_window = if self.done.len() >= self.max {
+            (self.done[self.done.len() - self.max] + self.window + RATE_MARGIN).saturating_duration_since(now)
         } else {
             Duration::ZERO
         };
         by_gap.max(by_window)
     }
 
-    pub fn record(&mut self, now: Instant) {
-        self.sent.push_back(now);
+    /// Records a request whose reply, or failure, was complete at `done`.
+    pub fn record(&mut self, done: Instant) {
+        self.done.push_back(done);
     }
 }
 
@@ -102,13 +118,33 @@ fn merge(master: &mut HashMap<Key, u32>, got: HashMap<Key, u32>) -> (usize, usiz
     (added, relisted)
 }
 
+/// Keeps the `keep` most recently listed addresses; returns how many were left out.
+fn keep_newest(map: &mut HashMap<Key, u32>, keep: usize) -> u64 {
+    if map.len() <= keep {
+        return 0;
+    }
+    let mut all: Vec<(Key, u32)> = map.drain().collect();
+    let dropped = all.len() - keep;
+    if keep > 0 {
+        all.select_nth_unstable_by_key(keep - 1, |e| std::cmp::Reverse(e.1));
+    }
+    all.truncate(keep);
+    map.extend(all);
+    dropped as u64
+}
+
 struct Pull {
     full: bool,
     reason: &'static str,
     cursor: u64,
     got: HashMap<Key, u32>,
     skipped: u64,
+    /// Left out for max_entries: the oldest listed.
     dropped: u64,
+    /// Addresses whose batch was already older than ttl when it arrived, and the newest such
+    /// batch's ID: nothing to block, but a sign of a feed with odd IDs or a ttl too short.
+    stale: u64,
+    stale_id: u64,
     requests: u32,
     started: Instant,
     /// When the gathered addresses were last published ahead of the pull's end.
@@ -119,24 +155,26 @@ struct Pull {
 /// this interval, so a first start blocks early instead of after the last batch.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
-struct Refresher {
+struct Refresher<'l> {
     m: &'static Module,
     feed: Feed,
     /// Every address we hold, with the time its batch listed it.
     master: HashMap<Key, u32>,
     last_id: Option<u64>,
     pull: Option<Pull>,
-    next_pull: u64,
-    next_full: u64,
-    limiter: RateLimiter,
+    /// Scheduled on the monotonic clock: a wall clock stepped back must not stop the pulls.
+    /// Wall time is for expiry only.
+    next_pull: Instant,
+    next_full: Instant,
+    limiter: &'l mut RateLimiter,
     failures: u32,
     retry_at: Option<Instant>,
     rng: u64,
     overflow_logged: bool,
 }
 
-impl Refresher {
-    fn new(m: &'static Module) -> Refresher {
+impl<'l> Refresher<'l> {
+    fn new(m: &'static Module, limiter: &'l mut RateLimiter) -> Refresher<'l> {
         let cfg = &m.settings.cfg;
         let version = if cfg.api_version == 1 { ApiVersion::V1 } else { ApiVersion::V2 };
         let feed = Feed::new(&cfg.url, &m.settings.key, version, &cfg.set, Duration::from_secs(cfg.timeout));
@@ -146,9 +184,9 @@ impl Refresher {
             master: HashMap::new(),
             last_id: None,
             pull: None,
-            next_pull: 0,
-            next_full: 0,
-            limiter: RateLimiter::new(cfg.rate_limit.0, cfg.rate_limit.1),
+            next_pull: Instant::now(),
+            next_full: Instant::now(),
+            limiter,
             failures: 0,
             retry_at: None,
             rng: (std::process::id() as u64) << 32 ^ unix_now() | 1,
@@ -159,7 +197,9 @@ impl Refresher {
             r.master = s.entries.into_iter().collect();
             if s.last_id > START_ID {
                 r.last_id = Some(s.last_id);
-                r.next_full = s.saved_at + cfg.full_resync;
+                // The snapshot's age is the one place wall time enters the schedule, once.
+                let left = (s.saved_at + cfg.full_resync).saturating_sub(unix_now());
+                r.next_full = Instant::now() + Duration::from_secs(left);
             }
         }
         r
@@ -187,8 +227,9 @@ impl Refresher {
                 c.backoff_until.store(0, Relaxed);
                 self.start(true, "reload");
             }
-            if self.pull.is_none() && now >= self.next_pull {
-                let full = self.last_id.is_none() || now >= self.next_full;
+            let mono = Instant::now();
+            if self.pull.is_none() && mono >= self.next_pull {
+                let full = self.last_id.is_none() || mono >= self.next_full;
                 self.start(full, if full { "scheduled full" } else { "incremental" });
             }
             let mut sleep = TICK;
@@ -218,6 +259,8 @@ impl Refresher {
             got: HashMap::new(),
             skipped: 0,
             dropped: 0,
+            stale: 0,
+            stale_id: 0,
             requests: 0,
             started: Instant::now(),
             shown: Instant::now(),
@@ -227,11 +270,11 @@ impl Refresher {
 
     fn step(&mut self) {
         let Some(cursor) = self.pull.as_ref().map(|p| p.cursor) else { return };
-        let t = Instant::now();
-        self.limiter.record(t);
         let c = self.m.stats.get();
         c.requests.fetch_add(1, Relaxed);
         let result = self.feed.fetch(cursor);
+        // Recorded once complete, failed or not: the feed may have counted it either way.
+        self.limiter.record(Instant::now());
         if let Some(p) = self.pull.as_mut() {
             p.requests += 1;
         }
@@ -252,26 +295,34 @@ impl Refresher {
         }
     }
 
-    /// Gathers a batch into the pull, bounded: a pull never holds more than twice max_entries.
+    /// Gathers a batch into the pull, bounded: a pull never holds more than twice max_entries,
+    /// and when it would, the oldest listed go first.
     fn take(&mut self, batch: Batch) {
         let now = unix_now();
         // The batch ID is the listing time of its newest entry; a reply without one (the end
         // marker with addresses) or with a time from the future counts as listed now.
         let at = batch.id.filter(|&id| id > 1_000_000_000 && id <= now + 3600).unwrap_or(now).min(u32::MAX as u64) as u32;
-        let limit = self.m.settings.cfg.max_entries.saturating_mul(2);
+        let cfg = &self.m.settings.cfg;
+        let (max, ttl) = (cfg.max_entries, cfg.ttl);
         let p = self.pull.as_mut().expect("a pull in progress");
         p.skipped += batch.skipped;
-        for k in batch.addrs {
-            if let Some(t) = p.got.get_mut(&k) {
-                *t = (*t).max(at);
-            } else if p.got.len() < limit {
-                p.got.insert(k, at);
-            } else {
-                p.dropped += 1;
-            }
-        }
         if let Some(id) = batch.id {
             p.cursor = p.cursor.max(id);
+        }
+        if at as u64 + ttl <= now {
+            // Expired on arrival: counted and told at the pull's end, never silently lost.
+            let n = batch.addrs.len() as u64;
+            p.stale += n;
+            p.stale_id = p.stale_id.max(batch.id.unwrap_or(0));
+            self.m.stats.get().expired.fetch_add(n, Relaxed);
+            return;
+        }
+        for k in batch.addrs {
+            let t = p.got.entry(k).or_insert(at);
+            *t = (*t).max(at);
+        }
+        if p.got.len() >= max.saturating_mul(2) {
+            p.dropped += keep_newest(&mut p.got, max);
         }
     }
 
@@ -319,20 +370,15 @@ impl Refresher {
         let n = self.master.len();
         self.master.retain(|_, at| *at as u64 + ttl > now);
         let expired = n - self.master.len();
-        let mut dropped = p.dropped;
-        if self.master.len() > cfg.max_entries {
-            let mut all: Vec<(Key, u32)> = self.master.drain().collect();
-            all.sort_unstable_by_key(|e| std::cmp::Reverse(e.1));
-            dropped += (all.len() - cfg.max_entries) as u64;
-            all.truncate(cfg.max_entries);
-            self.master = all.into_iter().collect();
-        }
+        let dropped = p.dropped + keep_newest(&mut self.master, cfg.max_entries);
         if dropped > 0 {
             c.overflow.fetch_add(dropped, Relaxed);
             if !self.overflow_logged {
+                let since = self.master.values().min().copied().unwrap_or(0);
                 log_warn!(
-                    "the feed lists more addresses than max_entries ({}): {dropped} of the oldest left out; raise max_entries",
-                    cfg.max_entries
+                    "the feed lists more addresses than max_entries ({}): kept the {} most recently listed (listed at {since} or later), left out {dropped} listed earlier; raise max_entries",
+                    cfg.max_entries,
+                    self.master.len()
                 );
                 self.overflow_logged = true;
             }
@@ -355,7 +401,17 @@ impl Refresher {
         c.sync_ms.store(ms, Relaxed);
         c.last_id.store(self.last_id.unwrap_or(0), Relaxed);
         c.last_error.put("");
-        c.state.put("ok");
+        if p.stale > 0 {
+            log_warn!(
+                "{} address(es) arrived already expired (their batch, up to ID {}, was listed more than ttl = {} s ago): not blocked; check the feed's IDs or raise ttl",
+                p.stale,
+                p.stale_id,
+                cfg.ttl
+            );
+            c.state.put(&format!("ok; {} address(es) arrived already expired (batch ID {})", p.stale, p.stale_id));
+        } else {
+            c.state.put("ok");
+        }
         if changed {
             self.save_snapshot(now);
         }
@@ -372,9 +428,10 @@ impl Refresher {
             p.requests
         ),
         );
-        self.next_pull = now + cfg.interval;
+        let mono = Instant::now();
+        self.next_pull = mono + Duration::from_secs(cfg.interval);
         if p.full {
-            self.next_full = now + cfg.full_resync;
+            self.next_full = mono + Duration::from_secs(cfg.full_resync);
         }
     }
 
@@ -424,24 +481,70 @@ impl Refresher {
 mod tests {
     use super::*;
 
+    /// Sends as the refresher does: wait, send, the reply completes after `latency(i)`; the
+    /// request arrives at the feed `arrival(i)` after it was sent (never after its reply).
+    fn simulate(max: u32, window: u64, n: usize, arrival: impl Fn(usize) -> Duration, latency: impl Fn(usize) -> Duration) -> Vec<Instant> {
+        let mut l = RateLimiter::new(max, window);
+        let mut t = Instant::now();
+        let mut arrivals = Vec::new();
+        for i in 0..n {
+            t += l.wait(t);
+            arrivals.push(t + arrival(i));
+            t += latency(i).max(arrival(i));
+            l.record(t);
+        }
+        arrivals
+    }
+
+    /// The most arrivals in any closed window of `window` seconds the feed could draw.
+    fn worst_window(arrivals: &[Instant], window: u64) -> usize {
+        let w = Duration::from_secs(window);
+        arrivals.iter().map(|&a| arrivals.iter().filter(|&&x| x >= a && x - a <= w).count()).max().unwrap_or(0)
+    }
+
     #[test]
-    fn the_limiter_never_exceeds_its_window_and_paces() {
+    fn the_limiter_counts_as_the_feed_does_whatever_the_network() {
+        for (max, window) in [(4u32, 10u64), (11, 120)] {
+            // Every kind of path: fast, a slow first request of a connection (DNS, TCP, TLS),
+            // a slow connection every few requests, a request that arrives late and fails.
+            let slow_first = |i: usize| if i == 0 { Duration::from_millis(1500) } else { Duration::from_millis(2) };
+            let every_third = |i: usize| if i % 3 == 0 { Duration::from_millis(1500) } else { Duration::ZERO };
+            let flat = |_| Duration::from_millis(5);
+            for arrivals in [
+                simulate(max, window, 40, slow_first, flat),
+                simulate(max, window, 40, every_third, flat),
+                simulate(max, window, 40, |_| Duration::ZERO, |i| Duration::from_millis(100 * (i % 7) as u64)),
+            ] {
+                let worst = worst_window(&arrivals, window);
+                assert!(worst <= max as usize, "{max}/{window}: {worst} arrivals in one window");
+            }
+        }
+    }
+
+    #[test]
+    fn the_limiter_paces_and_keeps_the_budget_busy() {
         let mut l = RateLimiter::new(11, 120);
         let t0 = Instant::now();
         let mut t = t0;
         let mut sent = Vec::new();
         while sent.len() < 30 {
-            let w = l.wait(t);
-            t += w;
-            l.record(t);
+            t += l.wait(t);
             sent.push(t);
-        }
-        for (i, &s) in sent.iter().enumerate() {
-            let in_window = sent[..=i].iter().filter(|&&x| s.duration_since(x) < Duration::from_secs(120)).count();
-            assert!(in_window <= 11, "request {i}: {in_window} in the window");
+            l.record(t);
         }
         // Paced: consecutive requests at least window / 22 apart.
         assert!(sent.windows(2).all(|w| w[1].duration_since(w[0]) >= Duration::from_millis(5454)));
+        // And not slower than the budget plus the margin: request 12 goes at 120 s + 1 s.
+        assert_eq!(sent[11].duration_since(sent[0]), Duration::from_secs(121));
+    }
+
+    #[test]
+    fn the_oldest_listed_are_left_out_first() {
+        let mut m: HashMap<Key, u32> = (0..3000u32).map(|i| (Key::V4(i), 1_700_000_000 + i)).collect();
+        assert_eq!(keep_newest(&mut m, 1000), 2000);
+        assert_eq!(m.len(), 1000);
+        assert!(m.keys().all(|k| matches!(k, Key::V4(i) if *i >= 2000)));
+        assert_eq!(keep_newest(&mut m, 1000), 0);
     }
 
     #[test]
