@@ -40,33 +40,52 @@ struct apiban_host {
 /* Text fields are NUL-terminated and always fit. */
 #define APIBAN_TEXT_LEN 256
 
-/* A copy of the shared counters and status, for RPC / MI replies. */
+/* The statistics, one list for the core, both shims, RPC / MI replies, counters and
+ * Prometheus: N(name, doc) is a number (uint64_t), T(name, doc) a text. The order is the
+ * order of the replies. */
+#define APIBAN_STATS(N, T) \
+	N(entries, "addresses in the table") \
+	N(ipv4, "IPv4 addresses in the table") \
+	N(ipv6, "IPv6 addresses in the table") \
+	N(checks, "lookups made by the routing script") \
+	N(hits, "lookups that found a listed address") \
+	N(allowed, "listed addresses let through by the allow-list") \
+	N(last_sync, "unix time of the last successful pull (0: never)") \
+	N(last_id, "the feed's last numeric ID (0: none yet)") \
+	N(requests, "HTTP requests made to the APIBAN feed") \
+	N(sync_ms, "duration of the last successful pull, ms") \
+	N(syncs, "successful pulls of the APIBAN list") \
+	N(sync_failures, "failed requests to the APIBAN feed") \
+	N(rate_limited, "429 replies from the APIBAN feed") \
+	N(skipped, "feed tokens that were not addresses") \
+	N(overflow, "addresses left out because of max_entries (the oldest listed)") \
+	N(expired, "entries dropped because their ttl passed, on arrival included") \
+	N(backoff_until, "unix time before which no request is made (0: none)") \
+	N(max_entries, "the max_entries parameter") \
+	T(last_error, "the last request's error, empty when it succeeded") \
+	T(state, "ok, syncing, backoff ..., starting")
+
+#define APIBAN_STAT_NONE(n, doc)
+#define APIBAN_STAT_ONE(n, doc) +1
+#define APIBAN_STAT_NUMBER_FIELD(n, doc) uint64_t n;
+#define APIBAN_STAT_TEXT_FIELD(n, doc) char n[APIBAN_TEXT_LEN];
+
+/* How many numbers and texts the list has. */
+enum apiban_stat_count {
+	APIBAN_STAT_NUMBERS = 0 APIBAN_STATS(APIBAN_STAT_ONE, APIBAN_STAT_NONE),
+	APIBAN_STAT_TEXTS = 0 APIBAN_STATS(APIBAN_STAT_NONE, APIBAN_STAT_ONE),
+};
+
+/* A copy of the statistics, for RPC / MI replies: every number, then every text (NUL-terminated). */
 struct apiban_stats {
-	uint64_t entries;       /* addresses in the published table */
-	uint64_t ipv4;
-	uint64_t ipv6;
-	uint64_t checks;        /* lookups made by the routing script */
-	uint64_t hits;          /* lookups that found a listed address */
-	uint64_t last_sync;     /* unix time of the last successful pull, 0 = never */
-	uint64_t last_id;       /* the feed's last numeric ID, 0 = none yet */
-	uint64_t requests;      /* HTTP requests made to the feed */
-	uint64_t sync_ms;       /* duration of the last successful pull */
-	uint64_t syncs;         /* successful pulls */
-	uint64_t sync_failures; /* failed requests */
-	uint64_t rate_limited;  /* 429 replies */
-	uint64_t skipped;       /* feed tokens that were not addresses */
-	uint64_t overflow;      /* addresses dropped because the table was full (max_entries) */
-	uint64_t expired;       /* entries dropped because their ttl passed */
-	uint64_t allowed;       /* listed addresses let through by the allow-list */
-	uint64_t backoff_until; /* unix time before which no request is made, 0 = none */
-	uint64_t max_entries;
-	char state[APIBAN_TEXT_LEN];      /* "ok", "syncing", "backoff: ...", "starting" */
-	char last_error[APIBAN_TEXT_LEN]; /* "" when the last request succeeded */
+	APIBAN_STATS(APIBAN_STAT_NUMBER_FIELD, APIBAN_STAT_NONE)
+	APIBAN_STATS(APIBAN_STAT_NONE, APIBAN_STAT_TEXT_FIELD)
 };
 
 /* The outcome of an admin check: result is one of APIBAN_LISTED, _NOT_LISTED, _BAD_ADDRESS. */
 struct apiban_verdict {
 	int result;
+	char result_text[16]; /* "listed", "not listed", "bad address" */
 	char detail[APIBAN_TEXT_LEN]; /* "listed", "not listed", "allowed by allow 10.0.0.0/8", ... */
 };
 
@@ -81,13 +100,18 @@ struct apiban_verdict {
 /* Installs the host callbacks; call first (module load), before any parameter is set. */
 void apiban_set_host(const struct apiban_host *host);
 
-/* One module parameter as text (integers formatted by the shim). 0 ok, -1 refused (logged,
- * naming the parameter). Repeatable parameters (allow) accumulate. */
-int apiban_param(const char *name, const char *value, size_t value_len);
+/* One module parameter as the host's modparam hands it over: an integer (is_int != 0, the value
+ * is the pointer itself) or a NUL-terminated string. 0 ok, -1 refused (logged, naming the
+ * parameter). Repeatable parameters (allow) accumulate. */
+int apiban_param(const char *name, int is_int, const void *value);
 
 /* Validates the parameters, creates the shared table and loads the snapshot. Main process,
  * before the fork. 0 ok, -1 the server must not start (the reason is logged). */
 int apiban_mod_init(void);
+
+/* In every process the host forks, before it serves: process_no is the host's index of the
+ * process, which picks its own slot of the per-process counters. */
+void apiban_child_init(int process_no);
 
 /* Body of the dedicated refresher process. Never returns. */
 void apiban_refresher_main(void);

@@ -39,18 +39,30 @@ pub unsafe extern "C" fn apiban_set_host(host: *const apiban_host) {
 }
 
 /// # Safety
-/// `name` is a NUL-terminated string; `value` points to `len` bytes.
+/// `name` is a NUL-terminated string; unless `is_int`, `value` is null or a NUL-terminated
+/// string (with `is_int`, the pointer's value is the integer, as the hosts' modparam passes it).
 #[no_mangle]
-pub unsafe extern "C" fn apiban_param(name: *const c_char, value: *const c_char, len: usize) -> c_int {
+pub unsafe extern "C" fn apiban_param(name: *const c_char, is_int: c_int, value: *const std::ffi::c_void) -> c_int {
     guard("apiban_param", -1, || {
         if name.is_null() {
             return -1;
         }
         // SAFETY: the caller's contract.
         let name = unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy();
-        // SAFETY: the caller's contract.
-        let value = String::from_utf8_lossy(unsafe { bytes(value, len) });
-        match module::set_param(&name, &value) {
+        let value = if is_int != 0 {
+            // The hosts store an int parameter in the pointer; only its low 32 bits are set.
+            Some((value as isize as i32).to_string())
+        } else if value.is_null() {
+            None
+        } else {
+            // SAFETY: the caller's contract.
+            Some(unsafe { std::ffi::CStr::from_ptr(value.cast()) }.to_string_lossy().into_owned())
+        };
+        let r = match value {
+            Some(v) => module::set_param(&name, &v),
+            None => Err(format!("parameter '{name}': no value")),
+        };
+        match r {
             Ok(()) => 0,
             Err(e) => {
                 log_err!("{e}");
@@ -58,6 +70,11 @@ pub unsafe extern "C" fn apiban_param(name: *const c_char, value: *const c_char,
             }
         }
     })
+}
+
+#[no_mangle]
+pub extern "C" fn apiban_child_init(process_no: c_int) {
+    crate::stats::set_process(process_no);
 }
 
 #[no_mangle]
@@ -160,7 +177,7 @@ pub unsafe extern "C" fn apiban_admin_check(text: *const c_char, len: usize, out
 
 // The definitions above must have exactly the types bindgen read from c-shim/apiban.h.
 type HostFn = unsafe extern "C" fn(*const apiban_host);
-type ParamFn = unsafe extern "C" fn(*const c_char, *const c_char, usize) -> c_int;
+type ParamFn = unsafe extern "C" fn(*const c_char, c_int, *const std::ffi::c_void) -> c_int;
 type CheckAddrFn = unsafe extern "C" fn(*const u8, usize) -> c_int;
 type CheckTextFn = unsafe extern "C" fn(*const c_char, usize) -> c_int;
 type StatsFn = unsafe extern "C" fn(*mut apiban_stats) -> c_int;
@@ -170,6 +187,7 @@ const _: [ParamFn; 2] = [apiban_param, boundary::apiban_param];
 const _: [unsafe extern "C" fn() -> c_int; 4] =
     [apiban_mod_init, boundary::apiban_mod_init, apiban_reload, boundary::apiban_reload];
 const _: [unsafe extern "C" fn(); 2] = [apiban_refresher_main, boundary::apiban_refresher_main];
+const _: [unsafe extern "C" fn(c_int); 2] = [apiban_child_init, boundary::apiban_child_init];
 const _: [CheckAddrFn; 2] = [apiban_check_addr, boundary::apiban_check_addr];
 const _: [CheckTextFn; 2] = [apiban_check_text, boundary::apiban_check_text];
 const _: [StatsFn; 2] = [apiban_stats_get, boundary::apiban_stats_get];

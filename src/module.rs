@@ -10,7 +10,7 @@ use crate::boundary::{apiban_stats, apiban_verdict, APIBAN_BAD_ADDRESS, APIBAN_L
 use crate::config::{Config, Settings};
 use crate::log::{log_info, log_warn};
 use crate::snapshot::{self, Snapshot};
-use crate::stats::Stats;
+use crate::stats::{num, Stats};
 use crate::table::Table;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
@@ -62,7 +62,7 @@ pub fn init() -> Result<(), String> {
     let stats = Stats::new().map_err(|e| format!("cannot create the shared statistics: {e}"))?;
     let now = unix_now();
     table.set_now(now);
-    stats.get().max_entries.store(max as u64, Relaxed);
+    num!(stats.get(), max_entries).store(max as u64, Relaxed);
 
     let mut initial = None;
     if let Some(path) = &settings.cfg.snapshot_file {
@@ -71,11 +71,11 @@ pub fn init() -> Result<(), String> {
                 let (v4, v6) = split_live(&s.entries, settings.cfg.ttl, now, max);
                 let (n4, n6) = table.publish(&crate::table::Entries { v4: &v4, v6: &v6 }, now ^ 0x5eed);
                 let c = stats.get();
-                c.entries.store((n4 + n6) as u64, Relaxed);
-                c.ipv4.store(n4 as u64, Relaxed);
-                c.ipv6.store(n6 as u64, Relaxed);
-                c.last_id.store(s.last_id, Relaxed);
-                c.last_sync.store(s.saved_at, Relaxed);
+                num!(c, entries).store((n4 + n6) as u64, Relaxed);
+                num!(c, ipv4).store(n4 as u64, Relaxed);
+                num!(c, ipv6).store(n6 as u64, Relaxed);
+                num!(c, last_id).store(s.last_id, Relaxed);
+                num!(c, last_sync).store(s.saved_at, Relaxed);
                 log_info!(
                     "snapshot {} loaded: {} entries ({} still listed), last ID {}",
                     path.display(),
@@ -139,7 +139,7 @@ impl Module {
     /// common case (a clean source) a short function with few registers to save.
     #[inline(always)]
     pub fn check(&self, key: Key) -> i32 {
-        self.stats.get().checks.0.fetch_add(1, Relaxed);
+        self.stats.get().mine().checks.fetch_add(1, Relaxed);
         if self.table.contains(key) {
             self.listed(key)
         } else {
@@ -152,10 +152,10 @@ impl Module {
     fn listed(&self, key: Key) -> i32 {
         let c = self.stats.get();
         if !self.allow.is_empty() && self.allow.find(key).is_some() {
-            c.allowed.0.fetch_add(1, Relaxed);
+            c.mine().allowed.fetch_add(1, Relaxed);
             return APIBAN_NOT_LISTED;
         }
-        c.hits.0.fetch_add(1, Relaxed);
+        c.mine().hits.fetch_add(1, Relaxed);
         APIBAN_LISTED
     }
 
@@ -222,6 +222,7 @@ impl Module {
             },
         };
         out.result = result;
+        copy_text(&mut out.result_text, verdict_text(result));
         copy_text(&mut out.detail, &detail);
     }
 
@@ -231,6 +232,15 @@ impl Module {
 
     pub fn request_reload(&self) {
         self.stats.get().reload.store(1, Relaxed);
+    }
+}
+
+/// The word for a check's result, the same in every host's replies.
+pub fn verdict_text(result: i32) -> &'static str {
+    match result {
+        APIBAN_LISTED => "listed",
+        APIBAN_NOT_LISTED => "not listed",
+        _ => "bad address",
     }
 }
 

@@ -12,6 +12,7 @@ use crate::feed::{ApiVersion, Batch, Feed, FeedError, START_ID};
 use crate::log::{log_err, log_info, log_warn};
 use crate::module::{split_live, unix_now, Module};
 use crate::snapshot::{self, Snapshot};
+use crate::stats::{num, text};
 use crate::table::Entries;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -30,7 +31,7 @@ pub fn run(m: &'static Module) -> ! {
     let mut limiter = RateLimiter::new(cfg.rate_limit.0, cfg.rate_limit.1);
     loop {
         let _ = catch_unwind(AssertUnwindSafe(|| Refresher::new(m, &mut limiter).run()));
-        m.stats.get().state.put("restarting after an internal error");
+        text!(m.stats.get(), state).put("restarting after an internal error");
         log_err!("refresher: internal error, restarting in 5 s (the table in use is kept)");
         std::thread::sleep(Duration::from_secs(5));
     }
@@ -224,7 +225,7 @@ impl<'l> Refresher<'l> {
                 log_info!("reload requested: full pull now");
                 self.failures = 0;
                 self.retry_at = None;
-                c.backoff_until.store(0, Relaxed);
+                num!(c, backoff_until).store(0, Relaxed);
                 self.start(true, "reload");
             }
             let mono = Instant::now();
@@ -265,13 +266,13 @@ impl<'l> Refresher<'l> {
             started: Instant::now(),
             shown: Instant::now(),
         });
-        self.m.stats.get().state.put("syncing");
+        text!(self.m.stats.get(), state).put("syncing");
     }
 
     fn step(&mut self) {
         let Some(cursor) = self.pull.as_ref().map(|p| p.cursor) else { return };
         let c = self.m.stats.get();
-        c.requests.fetch_add(1, Relaxed);
+        num!(c, requests).fetch_add(1, Relaxed);
         let result = self.feed.fetch(cursor);
         // Recorded once complete, failed or not: the feed may have counted it either way.
         self.limiter.record(Instant::now());
@@ -282,7 +283,7 @@ impl<'l> Refresher<'l> {
             Ok(batch) => {
                 self.failures = 0;
                 self.retry_at = None;
-                c.backoff_until.store(0, Relaxed);
+                num!(c, backoff_until).store(0, Relaxed);
                 let end = batch.end;
                 self.take(batch);
                 if end {
@@ -314,7 +315,7 @@ impl<'l> Refresher<'l> {
             let n = batch.addrs.len() as u64;
             p.stale += n;
             p.stale_id = p.stale_id.max(batch.id.unwrap_or(0));
-            self.m.stats.get().expired.fetch_add(n, Relaxed);
+            num!(self.m.stats.get(), expired).fetch_add(n, Relaxed);
             return;
         }
         for k in batch.addrs {
@@ -328,19 +329,19 @@ impl<'l> Refresher<'l> {
 
     fn failed(&mut self, e: FeedError, cursor: u64) {
         let c = self.m.stats.get();
-        c.sync_failures.fetch_add(1, Relaxed);
+        num!(c, sync_failures).fetch_add(1, Relaxed);
         if matches!(e, FeedError::RateLimited { .. }) {
-            c.rate_limited.fetch_add(1, Relaxed);
+            num!(c, rate_limited).fetch_add(1, Relaxed);
         }
         self.failures += 1;
         let jitter = self.random();
         let d = backoff(&e, self.failures, self.m.settings.cfg.interval, jitter);
         self.retry_at = Some(Instant::now() + d);
         let until = unix_now() + d.as_secs();
-        c.backoff_until.store(until, Relaxed);
+        num!(c, backoff_until).store(until, Relaxed);
         let text = crate::log::redact(&e.to_string());
-        c.last_error.put(&text);
-        c.state.put(&format!("backoff until {until} ({} s): {text}", d.as_secs()));
+        text!(c, last_error).put(&text);
+        text!(c, state).put(&format!("backoff until {until} ({} s): {text}", d.as_secs()));
         if matches!(e, FeedError::Unauthorized(_)) {
             // Not the feed's fault: the operator has to act.
             log_err!(
@@ -372,7 +373,7 @@ impl<'l> Refresher<'l> {
         let expired = n - self.master.len();
         let dropped = p.dropped + keep_newest(&mut self.master, cfg.max_entries);
         if dropped > 0 {
-            c.overflow.fetch_add(dropped, Relaxed);
+            num!(c, overflow).fetch_add(dropped, Relaxed);
             if !self.overflow_logged {
                 let since = self.master.values().min().copied().unwrap_or(0);
                 log_warn!(
@@ -394,13 +395,13 @@ impl<'l> Refresher<'l> {
             self.publish(now);
         }
         let ms = p.started.elapsed().as_millis() as u64;
-        c.skipped.fetch_add(p.skipped, Relaxed);
-        c.expired.fetch_add(expired as u64, Relaxed);
-        c.syncs.fetch_add(1, Relaxed);
-        c.last_sync.store(now, Relaxed);
-        c.sync_ms.store(ms, Relaxed);
-        c.last_id.store(self.last_id.unwrap_or(0), Relaxed);
-        c.last_error.put("");
+        num!(c, skipped).fetch_add(p.skipped, Relaxed);
+        num!(c, expired).fetch_add(expired as u64, Relaxed);
+        num!(c, syncs).fetch_add(1, Relaxed);
+        num!(c, last_sync).store(now, Relaxed);
+        num!(c, sync_ms).store(ms, Relaxed);
+        num!(c, last_id).store(self.last_id.unwrap_or(0), Relaxed);
+        text!(c, last_error).put("");
         if p.stale > 0 {
             log_warn!(
                 "{} address(es) arrived already expired (their batch, up to ID {}, was listed more than ttl = {} s ago): not blocked; check the feed's IDs or raise ttl",
@@ -408,9 +409,9 @@ impl<'l> Refresher<'l> {
                 p.stale_id,
                 cfg.ttl
             );
-            c.state.put(&format!("ok; {} address(es) arrived already expired (batch ID {})", p.stale, p.stale_id));
+            text!(c, state).put(&format!("ok; {} address(es) arrived already expired (batch ID {})", p.stale, p.stale_id));
         } else {
-            c.state.put("ok");
+            text!(c, state).put("ok");
         }
         if changed {
             self.save_snapshot(now);
@@ -423,8 +424,8 @@ impl<'l> Refresher<'l> {
             p.reason,
             p.skipped,
             self.master.len(),
-            c.ipv4.load(Relaxed),
-            c.ipv6.load(Relaxed),
+            num!(c, ipv4).load(Relaxed),
+            num!(c, ipv6).load(Relaxed),
             p.requests
         ),
         );
@@ -459,9 +460,9 @@ impl<'l> Refresher<'l> {
         let seed = self.rng ^ now.rotate_left(17);
         let (n4, n6) = self.m.table.publish(&Entries { v4: &v4, v6: &v6 }, seed);
         let c = self.m.stats.get();
-        c.ipv4.store(n4 as u64, Relaxed);
-        c.ipv6.store(n6 as u64, Relaxed);
-        c.entries.store((n4 + n6) as u64, Relaxed);
+        num!(c, ipv4).store(n4 as u64, Relaxed);
+        num!(c, ipv6).store(n6 as u64, Relaxed);
+        num!(c, entries).store((n4 + n6) as u64, Relaxed);
     }
 
     fn save_snapshot(&self, now: u64) {

@@ -1,25 +1,73 @@
 //! Shared counters and status, in a mapping of their own made before the fork.
 //!
-//! Workers only ever increment `checks`, `hits` and `allowed` (each on its own cache line, so
-//! the counters that every lookup touches do not share a line with anything else). The refresher
-//! is the only writer of everything else; RPC/MI processes read. The two texts are seqlocked
-//! byte buffers: the single writer never waits, a reader retries if it raced a write.
+//! The fields are those of `APIBAN_STATS` in c-shim/apiban.h, the one list that the shims, the
+//! replies and the counters also expand: here a number is `nums[i]` and a text `texts[j]`, in
+//! the order of `struct apiban_stats`, reached by field name with `num!` and `text!`.
+//!
+//! The counters every lookup touches (`checks`, `hits`, `allowed`) are per process, as
+//! Kamailio's own counters are: each process adds to its own cache line, chosen by the host's
+//! process index at child init, and a read sums the lines. A worker so never writes a line that
+//! another worker writes. Everything else has one writer, the refresher; RPC/MI processes
+//! read. The texts are seqlocked byte buffers: the single writer never waits, and a reader
+//! retries a bounded number of times, then answers with what it read.
 
-use crate::boundary::{apiban_stats, APIBAN_TEXT_LEN};
+use crate::boundary::{
+    apiban_stat_count_APIBAN_STAT_NUMBERS as APIBAN_STAT_NUMBERS, apiban_stat_count_APIBAN_STAT_TEXTS as APIBAN_STAT_TEXTS, apiban_stats,
+    APIBAN_TEXT_LEN,
+};
 use crate::shm::Mapping;
 use std::io;
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
+use std::mem::{offset_of, size_of};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 
 const TEXT: usize = APIBAN_TEXT_LEN as usize;
+const NUMBERS: usize = APIBAN_STAT_NUMBERS as usize;
+const TEXTS: usize = APIBAN_STAT_TEXTS as usize;
+const _: () = assert!(size_of::<apiban_stats>() == NUMBERS * 8 + TEXTS * TEXT, "apiban_stats: every number, then every text");
 
+/// Slots of the per-process counters. A host process index beyond them shares a slot with
+/// another process: the sums stay exact (the adds are atomic), only that line is shared.
+pub const PROC_SLOTS: usize = 1024;
+
+/// This process's slot: set by apiban_child_init after the fork, 0 before (the main process).
+static SLOT: AtomicUsize = AtomicUsize::new(0);
+
+pub fn set_process(process_no: i32) {
+    SLOT.store(process_no.max(0) as usize % PROC_SLOTS, Relaxed);
+}
+
+/// The shared number of a statistic, by its field name in `struct apiban_stats`.
+macro_rules! num {
+    ($c:expr, $f:ident) => {
+        $c.num(std::mem::offset_of!($crate::boundary::apiban_stats, $f))
+    };
+}
+/// The shared text of a statistic, by its field name in `struct apiban_stats`.
+macro_rules! text {
+    ($c:expr, $f:ident) => {
+        $c.text(std::mem::offset_of!($crate::boundary::apiban_stats, $f))
+    };
+}
+pub(crate) use {num, text};
+
+/// One process's lookup counters, alone on their cache line.
 #[repr(C, align(64))]
-pub struct Padded(pub AtomicU64);
+pub struct ProcCounters {
+    pub checks: AtomicU64,
+    pub hits: AtomicU64,
+    pub allowed: AtomicU64,
+}
 
 #[repr(C)]
 pub struct Text {
     seq: AtomicU64,
     bytes: [AtomicU8; TEXT],
 }
+
+/// How often a reader retries a text it raced a write of. A write takes well under a
+/// microsecond; a sequence still odd after this many tries belongs to a writer that died in
+/// the middle (a refresher killed in a put), and waiting for it would hang every reader.
+const TEXT_TRIES: u32 = 10_000;
 
 impl Text {
     fn write_bytes(&self, text: &str) {
@@ -36,30 +84,29 @@ impl Text {
     /// Single writer only.
     pub fn put(&self, text: &str) {
         let s = self.seq.load(Relaxed);
-        self.seq.store(s + 1, Relaxed);
+        self.seq.store(s | 1, Relaxed);
         fence(Release);
         self.write_bytes(text);
-        self.seq.store(s + 2, Release);
+        self.seq.store((s | 1) + 1, Release);
     }
 
-    /// A consistent copy, NUL-terminated.
+    /// A consistent copy, NUL-terminated; after a bounded number of races, the last copy read
+    /// (possibly torn, still NUL-terminated): a stats reply never waits on the writer.
     pub fn get(&self) -> [u8; TEXT] {
-        loop {
+        let mut out = [0u8; TEXT];
+        for _ in 0..TEXT_TRIES {
             let s1 = self.seq.load(Acquire);
-            if s1 & 1 == 1 {
-                std::hint::spin_loop();
-                continue;
-            }
-            let mut out = [0u8; TEXT];
             for (o, b) in out.iter_mut().zip(self.bytes.iter()) {
                 *o = b.load(Relaxed);
             }
             fence(Acquire);
-            if self.seq.load(Relaxed) == s1 {
-                out[TEXT - 1] = 0;
-                return out;
+            if s1 & 1 == 0 && self.seq.load(Relaxed) == s1 {
+                break;
             }
+            std::hint::spin_loop();
         }
+        out[TEXT - 1] = 0;
+        out
     }
 
     #[cfg(test)]
@@ -72,29 +119,32 @@ impl Text {
 
 #[repr(C)]
 pub struct Counters {
-    pub checks: Padded,
-    pub hits: Padded,
-    pub allowed: Padded,
-    // Written by the refresher only.
-    pub entries: AtomicU64,
-    pub ipv4: AtomicU64,
-    pub ipv6: AtomicU64,
-    pub last_sync: AtomicU64,
-    pub last_id: AtomicU64,
-    pub requests: AtomicU64,
-    pub sync_ms: AtomicU64,
-    pub syncs: AtomicU64,
-    pub sync_failures: AtomicU64,
-    pub rate_limited: AtomicU64,
-    pub skipped: AtomicU64,
-    pub overflow: AtomicU64,
-    pub expired: AtomicU64,
-    pub backoff_until: AtomicU64,
-    pub max_entries: AtomicU64,
+    /// The numbers of `struct apiban_stats`, in its order. The entries of the per-process
+    /// counters stay 0 here: their values are in `procs`.
+    nums: [AtomicU64; NUMBERS],
+    texts: [Text; TEXTS],
     /// Set by apiban.reload (any process), cleared by the refresher when it starts the pull.
     pub reload: AtomicU32,
-    pub state: Text,
-    pub last_error: Text,
+    procs: [ProcCounters; PROC_SLOTS],
+}
+
+impl Counters {
+    /// The number at `offset` in `struct apiban_stats` (use `num!`).
+    pub fn num(&self, offset: usize) -> &AtomicU64 {
+        &self.nums[offset / 8]
+    }
+
+    /// The text at `offset` in `struct apiban_stats` (use `text!`).
+    pub fn text(&self, offset: usize) -> &Text {
+        &self.texts[(offset - NUMBERS * 8) / TEXT]
+    }
+
+    /// This process's lookup counters. Inlined into the lookup: one load of a process-local
+    /// static, then adds on a line no other process writes.
+    #[inline(always)]
+    pub fn mine(&self) -> &ProcCounters {
+        &self.procs[SLOT.load(Relaxed)]
+    }
 }
 
 pub struct Stats {
@@ -103,9 +153,9 @@ pub struct Stats {
 
 impl Stats {
     pub fn new() -> io::Result<Stats> {
-        let map = Mapping::new(std::mem::size_of::<Counters>().next_multiple_of(4096))?;
+        let map = Mapping::new(size_of::<Counters>().next_multiple_of(4096))?;
         let s = Stats { map };
-        s.get().state.put("starting");
+        text!(s.get(), state).put("starting");
         Ok(s)
     }
 
@@ -117,29 +167,24 @@ impl Stats {
 
     pub fn snapshot(&self, out: &mut apiban_stats) {
         let c = self.get();
-        out.entries = c.entries.load(Relaxed);
-        out.ipv4 = c.ipv4.load(Relaxed);
-        out.ipv6 = c.ipv6.load(Relaxed);
-        out.checks = c.checks.0.load(Relaxed);
-        out.hits = c.hits.0.load(Relaxed);
-        out.allowed = c.allowed.0.load(Relaxed);
-        out.last_sync = c.last_sync.load(Relaxed);
-        out.last_id = c.last_id.load(Relaxed);
-        out.requests = c.requests.load(Relaxed);
-        out.sync_ms = c.sync_ms.load(Relaxed);
-        out.syncs = c.syncs.load(Relaxed);
-        out.sync_failures = c.sync_failures.load(Relaxed);
-        out.rate_limited = c.rate_limited.load(Relaxed);
-        out.skipped = c.skipped.load(Relaxed);
-        out.overflow = c.overflow.load(Relaxed);
-        out.expired = c.expired.load(Relaxed);
-        out.backoff_until = c.backoff_until.load(Relaxed);
-        out.max_entries = c.max_entries.load(Relaxed);
-        for (o, b) in out.state.iter_mut().zip(c.state.get()) {
-            *o = b as _;
+        // SAFETY: apiban_stats is NUMBERS u64 then TEXTS byte arrays (asserted above), plain
+        // data with no padding, and `out` is a valid exclusive reference to one.
+        let (nums, texts) = unsafe {
+            let p = (out as *mut apiban_stats).cast::<u8>();
+            (
+                std::slice::from_raw_parts_mut(p.cast::<u64>(), NUMBERS),
+                std::slice::from_raw_parts_mut(p.add(NUMBERS * 8), TEXTS * TEXT),
+            )
+        };
+        for (o, n) in nums.iter_mut().zip(c.nums.iter()) {
+            *o = n.load(Relaxed);
         }
-        for (o, b) in out.last_error.iter_mut().zip(c.last_error.get()) {
-            *o = b as _;
+        let sum = |f: fn(&ProcCounters) -> &AtomicU64| c.procs.iter().map(|p| f(p).load(Relaxed)).sum::<u64>();
+        nums[offset_of!(apiban_stats, checks) / 8] = sum(|p| &p.checks);
+        nums[offset_of!(apiban_stats, hits) / 8] = sum(|p| &p.hits);
+        nums[offset_of!(apiban_stats, allowed) / 8] = sum(|p| &p.allowed);
+        for (o, t) in texts.chunks_mut(TEXT).zip(c.texts.iter()) {
+            o.copy_from_slice(&t.get());
         }
     }
 }
@@ -151,26 +196,68 @@ mod tests {
     #[test]
     fn text_round_trips_and_truncates_on_a_char_boundary() {
         let s = Stats::new().unwrap();
-        assert_eq!(s.get().state.get_string(), "starting");
-        s.get().last_error.put("HTTP 503");
-        assert_eq!(s.get().last_error.get_string(), "HTTP 503");
+        let c = s.get();
+        assert_eq!(text!(c, state).get_string(), "starting");
+        text!(c, last_error).put("HTTP 503");
+        assert_eq!(text!(c, last_error).get_string(), "HTTP 503");
         let long = "é".repeat(300);
-        s.get().last_error.put(&long);
-        let got = s.get().last_error.get_string();
+        text!(c, last_error).put(&long);
+        let got = text!(c, last_error).get_string();
         assert!(got.len() < TEXT && got.chars().all(|c| c == 'é'));
-        s.get().last_error.put("");
-        assert_eq!(s.get().last_error.get_string(), "");
+        text!(c, last_error).put("");
+        assert_eq!(text!(c, last_error).get_string(), "");
     }
 
     #[test]
     fn snapshot_copies_counters() {
         let s = Stats::new().unwrap();
-        s.get().checks.0.fetch_add(3, Relaxed);
-        s.get().last_id.store(1_700_000_000, Relaxed);
+        let c = s.get();
+        c.mine().checks.fetch_add(3, Relaxed);
+        num!(c, last_id).store(1_700_000_000, Relaxed);
+        num!(c, max_entries).store(77, Relaxed);
+        text!(c, last_error).put("boom");
         let mut out: apiban_stats = unsafe { std::mem::zeroed() };
         s.snapshot(&mut out);
         assert_eq!(out.checks, 3);
-        assert_eq!(out.last_id, 1_700_000_000);
+        assert_eq!((out.last_id, out.max_entries, out.entries), (1_700_000_000, 77, 0));
         assert_eq!(out.state[0] as u8, b's');
+        assert_eq!(out.last_error[..5].iter().map(|&b| b as u8).collect::<Vec<_>>(), b"boom\0");
+    }
+
+    #[test]
+    fn lookup_counters_are_per_process_and_summed_on_read() {
+        let s = Stats::new().unwrap();
+        let c = s.get();
+        // Three "processes", each on its own line; the read sums them exactly.
+        for (p, n) in [(1, 5u64), (2, 7), (PROC_SLOTS as i32 + 1, 11)] {
+            set_process(p);
+            for _ in 0..n {
+                c.mine().checks.fetch_add(1, Relaxed);
+                c.mine().hits.fetch_add(1, Relaxed);
+            }
+        }
+        set_process(0);
+        let lines: std::collections::HashSet<usize> = [1, 2].iter().map(|&i| &c.procs[i] as *const _ as usize / 64).collect();
+        assert_eq!(lines.len(), 2, "two processes, two cache lines");
+        let mut out: apiban_stats = unsafe { std::mem::zeroed() };
+        s.snapshot(&mut out);
+        assert_eq!((out.checks, out.hits, out.allowed), (23, 23, 0));
+    }
+
+    #[test]
+    fn a_reader_never_waits_on_a_writer_that_died_mid_write() {
+        let s = Stats::new().unwrap();
+        let t = text!(s.get(), state);
+        t.put("ok");
+        // A refresher killed inside put() leaves the sequence odd for good.
+        t.seq.fetch_add(1, Relaxed);
+        let start = std::time::Instant::now();
+        let got = t.get_string();
+        assert!(start.elapsed() < std::time::Duration::from_secs(1), "took {:?}", start.elapsed());
+        assert_eq!(got, "ok");
+        // The next put by a restarted writer makes it consistent again.
+        t.put("syncing");
+        assert_eq!(t.get_string(), "syncing");
+        assert_eq!(t.seq.load(Relaxed) & 1, 0);
     }
 }

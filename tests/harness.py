@@ -29,6 +29,19 @@ KAMAILIO_MODULE = os.path.join(REPO, "target", "release", "libapiban.so")
 KAMAILIO_CFG = os.path.join(REPO, "kamailio-cfg", "kamailio.cfg")
 
 
+def _stats_list():
+    """The names of APIBAN_STATS in c-shim/apiban.h, the one list both shims expand:
+    (numbers, texts), in reply order."""
+    with open(os.path.join(REPO, "c-shim", "apiban.h")) as f:
+        text = f.read()
+    block = text.split("#define APIBAN_STATS(N, T)")[1].split("\n\n")[0]
+    items = re.findall(r"\b([NT])\((\w+),", block)
+    return [n for k, n in items if k == "N"], [n for k, n in items if k == "T"]
+
+
+STAT_NUMBERS, STAT_TEXTS = _stats_list()
+
+
 def read_text(path):
     with open(path) as f:
         return f.read()

@@ -1,5 +1,5 @@
 /*
- * apiban module for Kamailio 5.6: the host side of the boundary.
+ * apiban module for Kamailio: the host side of the boundary.
  *
  * Translation only: Kamailio's export tables, parameter setters, the script functions, RPC and
  * KEMI wrappers, the statistics (counters read from the core's shared values), the refresher
@@ -74,16 +74,7 @@ static const struct apiban_host apiban_kam_host = {
 
 static int apiban_kam_param(const char *name, modparam_t type, void *val)
 {
-	char num[32];
-	if(PARAM_TYPE_MASK(type) == PARAM_INT) {
-		int n = snprintf(num, sizeof(num), "%d", (int)(long)val);
-		return apiban_param(name, num, (size_t)n) == 0 ? 0 : -1;
-	}
-	if(val == NULL) {
-		LM_ERR("parameter '%s': no value\n", name);
-		return -1;
-	}
-	return apiban_param(name, (const char *)val, strlen((const char *)val)) == 0 ? 0 : -1;
+	return apiban_param(name, PARAM_TYPE_MASK(type) == PARAM_INT, val) == 0 ? 0 : -1;
 }
 
 #define APIBAN_PARAM(n)                                          \
@@ -202,6 +193,10 @@ static const char *apiban_rpc_stats_doc[] = {"Counters and sync status of the AP
 static const char *apiban_rpc_reload_doc[] = {"Pull the full APIBAN list now (the refresher acts within a second).", 0};
 static const char *apiban_rpc_check_doc[] = {"Tell whether an address is listed: apiban.check IP.", 0};
 
+/* 'J' keeps integers integers in kamcmd and JSON-RPC output. */
+#define APIBAN_RPC_NUMBER(n, doc) rpc->struct_add(th, "J", #n, (unsigned long long)st.n);
+#define APIBAN_RPC_TEXT(n, doc) rpc->struct_add(th, "s", #n, st.n);
+
 static void apiban_rpc_stats(rpc_t *rpc, void *ctx)
 {
 	struct apiban_stats st;
@@ -215,28 +210,7 @@ static void apiban_rpc_stats(rpc_t *rpc, void *ctx)
 		rpc->fault(ctx, 500, "cannot create the reply");
 		return;
 	}
-	/* 'u'/'J' keep integers integers in kamcmd and JSON-RPC output. */
-	rpc->struct_add(th, "JJJJJJJJJsJJJJJJJJJs",
-			"entries", (unsigned long long)st.entries,
-			"ipv4", (unsigned long long)st.ipv4,
-			"ipv6", (unsigned long long)st.ipv6,
-			"checks", (unsigned long long)st.checks,
-			"hits", (unsigned long long)st.hits,
-			"last_sync", (unsigned long long)st.last_sync,
-			"last_id", (unsigned long long)st.last_id,
-			"requests", (unsigned long long)st.requests,
-			"sync_ms", (unsigned long long)st.sync_ms,
-			"last_error", st.last_error,
-			"syncs", (unsigned long long)st.syncs,
-			"sync_failures", (unsigned long long)st.sync_failures,
-			"rate_limited", (unsigned long long)st.rate_limited,
-			"skipped", (unsigned long long)st.skipped,
-			"overflow", (unsigned long long)st.overflow,
-			"expired", (unsigned long long)st.expired,
-			"allowed", (unsigned long long)st.allowed,
-			"backoff_until", (unsigned long long)st.backoff_until,
-			"max_entries", (unsigned long long)st.max_entries,
-			"state", st.state);
+	APIBAN_STATS(APIBAN_RPC_NUMBER, APIBAN_RPC_TEXT)
 }
 
 static void apiban_rpc_reload(rpc_t *rpc, void *ctx)
@@ -267,9 +241,7 @@ static void apiban_rpc_check(rpc_t *rpc, void *ctx)
 		return;
 	}
 	rpc->struct_add(th, "Sdss", "ip", &ip, "listed", v.result == APIBAN_LISTED ? 1 : 0,
-			"result", v.result == APIBAN_LISTED ? "listed"
-					: v.result == APIBAN_NOT_LISTED ? "not listed" : "bad address",
-			"detail", v.detail);
+			"result", v.result_text, "detail", v.detail);
 }
 
 rpc_export_t apiban_kam_rpc[] = {
@@ -280,10 +252,11 @@ rpc_export_t apiban_kam_rpc[] = {
 
 /* ---- statistics ------------------------------------------------------------------------ */
 
-/* Kamailio's counters are per process; ours live in the core's shared mapping and are counted
- * atomically by every worker. So each counter is registered with a read callback that returns
- * the shared value: `kamcmd stats.get_statistics apiban:` (kex) and xhttp_prom read through
- * counter_get_val(), which calls it. CNT_F_NO_RESET: stats.reset_statistics cannot zero them. */
+/* Kamailio's counters are per process; ours live in the core's shared mapping (summed there
+ * over processes where they are per process). So each number of APIBAN_STATS is registered
+ * with a read callback that returns the shared value: `kamcmd stats.get_statistics apiban:`
+ * (kex) and xhttp_prom read through counter_get_val(), which calls it. CNT_F_NO_RESET:
+ * stats.reset_statistics cannot zero them. */
 struct apiban_kam_stat
 {
 	const char *name;
@@ -291,24 +264,9 @@ struct apiban_kam_stat
 	const char *doc;
 };
 
-/* The array size is negative (a compile error) unless the field is a uint64_t-sized counter. */
-#define APIBAN_STAT(n, doc)                                                              \
-	{#n, offsetof(struct apiban_stats, n)                                                \
-			 + 0 * sizeof(char[sizeof(((struct apiban_stats *)0)->n) == sizeof(uint64_t) ? 1 : -1]), \
-		doc}
+#define APIBAN_KAM_STAT(n, doc) {#n, offsetof(struct apiban_stats, n), doc},
 static const struct apiban_kam_stat apiban_kam_stats[] = {
-	APIBAN_STAT(checks, "lookups made by the routing script"),
-	APIBAN_STAT(hits, "lookups that found a listed address"),
-	APIBAN_STAT(entries, "addresses in the table"),
-	APIBAN_STAT(syncs, "successful pulls of the APIBAN list"),
-	APIBAN_STAT(sync_failures, "failed requests to the APIBAN feed"),
-	APIBAN_STAT(rate_limited, "429 replies from the APIBAN feed"),
-	APIBAN_STAT(requests, "HTTP requests made to the APIBAN feed"),
-	APIBAN_STAT(allowed, "listed addresses let through by the allow-list"),
-	APIBAN_STAT(expired, "entries dropped because their ttl passed"),
-	APIBAN_STAT(overflow, "addresses left out because of max_entries"),
-	APIBAN_STAT(skipped, "feed tokens that were not addresses"),
-	APIBAN_STAT(last_sync, "unix time of the last successful pull (0: never)"),
+	APIBAN_STATS(APIBAN_KAM_STAT, APIBAN_STAT_NONE)
 };
 
 static counter_val_t apiban_kam_stat_get(counter_handle_t h, void *param)
@@ -368,6 +326,7 @@ int apiban_kam_child_init(int rank)
 {
 	int pid;
 
+	apiban_child_init(process_no);
 	if(rank != PROC_MAIN)
 		return 0;
 	pid = fork_process(PROC_NOCHLDINIT, "APIBAN REFRESHER", 0);

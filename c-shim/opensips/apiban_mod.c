@@ -21,6 +21,7 @@
 #include "dprint.h"
 #include "version.h"
 #include "statistics.h"
+#include "globals.h"
 #include "mi/mi.h"
 #include "ip_addr.h"
 #include "parser/msg_parser.h"
@@ -80,18 +81,7 @@ static const struct apiban_host apiban_osips_host = {
 
 static int apiban_osips_param(const char *name, modparam_t type, void *val)
 {
-	char num[32];
-	int n;
-
-	if (PARAM_TYPE_MASK(type) & INT_PARAM) {
-		n = snprintf(num, sizeof(num), "%d", (int)(long)val);
-		return apiban_param(name, num, (size_t)n) == 0 ? 0 : -1;
-	}
-	if (val == NULL) {
-		LM_ERR("parameter '%s': no value\n", name);
-		return -1;
-	}
-	return apiban_param(name, (const char *)val, strlen((const char *)val)) == 0 ? 0 : -1;
+	return apiban_param(name, (PARAM_TYPE_MASK(type) & INT_PARAM) != 0, val) == 0 ? 0 : -1;
 }
 
 #define APIBAN_PARAM(n)                                            \
@@ -132,30 +122,22 @@ const cmd_export_t apiban_osips_cmds[] = {
 
 /* ---- statistics: read from the core's shared counters on every query ------------------- */
 
-#define APIBAN_STAT(f)                                         \
-	static unsigned long apiban_osips_stat_##f(void *ctx)      \
-	{                                                          \
-		struct apiban_stats st;                                \
-		if (apiban_stats_get(&st) < 0)                         \
-			return 0;                                          \
-		return (unsigned long)st.f;                            \
+#define APIBAN_OSIPS_STAT_FN(f, doc)                      \
+	static unsigned long apiban_osips_stat_##f(void *ctx) \
+	{                                                     \
+		struct apiban_stats st;                           \
+		if (apiban_stats_get(&st) < 0)                    \
+			return 0;                                     \
+		return (unsigned long)st.f;                       \
 	}
-#define APIBAN_STAT_ENTRY(f) {#f, STAT_IS_FUNC, (stat_var **)apiban_osips_stat_##f}
+#define APIBAN_OSIPS_STAT_ENTRY(f, doc) {#f, STAT_IS_FUNC, (stat_var **)apiban_osips_stat_##f},
 
-APIBAN_STAT(checks)
-APIBAN_STAT(hits)
-APIBAN_STAT(entries)
-APIBAN_STAT(syncs)
-APIBAN_STAT(sync_failures)
-APIBAN_STAT(rate_limited)
+APIBAN_STATS(APIBAN_OSIPS_STAT_FN, APIBAN_STAT_NONE)
 
+/* Every number of APIBAN_STATS, as Kamailio registers them: get_statistics apiban: and the
+ * prometheus module see the same set on both servers. */
 const stat_export_t apiban_osips_stats[] = {
-	APIBAN_STAT_ENTRY(checks),
-	APIBAN_STAT_ENTRY(hits),
-	APIBAN_STAT_ENTRY(entries),
-	APIBAN_STAT_ENTRY(syncs),
-	APIBAN_STAT_ENTRY(sync_failures),
-	APIBAN_STAT_ENTRY(rate_limited),
+	APIBAN_STATS(APIBAN_OSIPS_STAT_ENTRY, APIBAN_STAT_NONE)
 	{0, 0, 0}};
 
 /* ---- MI -------------------------------------------------------------------------------- */
@@ -176,27 +158,10 @@ static mi_response_t *apiban_mi_stats(const mi_params_t *params, struct mi_handl
 	resp = init_mi_result_object(&obj);
 	if (resp == NULL)
 		return NULL;
-	/* The fields and order of Kamailio's apiban.stats. */
-	if (APIBAN_MI_NUM(obj, "entries", st.entries)
-			|| APIBAN_MI_NUM(obj, "ipv4", st.ipv4)
-			|| APIBAN_MI_NUM(obj, "ipv6", st.ipv6)
-			|| APIBAN_MI_NUM(obj, "checks", st.checks)
-			|| APIBAN_MI_NUM(obj, "hits", st.hits)
-			|| APIBAN_MI_NUM(obj, "last_sync", st.last_sync)
-			|| APIBAN_MI_NUM(obj, "last_id", st.last_id)
-			|| APIBAN_MI_NUM(obj, "requests", st.requests)
-			|| APIBAN_MI_NUM(obj, "sync_ms", st.sync_ms)
-			|| APIBAN_MI_STR(obj, "last_error", st.last_error)
-			|| APIBAN_MI_NUM(obj, "syncs", st.syncs)
-			|| APIBAN_MI_NUM(obj, "sync_failures", st.sync_failures)
-			|| APIBAN_MI_NUM(obj, "rate_limited", st.rate_limited)
-			|| APIBAN_MI_NUM(obj, "skipped", st.skipped)
-			|| APIBAN_MI_NUM(obj, "overflow", st.overflow)
-			|| APIBAN_MI_NUM(obj, "expired", st.expired)
-			|| APIBAN_MI_NUM(obj, "allowed", st.allowed)
-			|| APIBAN_MI_NUM(obj, "backoff_until", st.backoff_until)
-			|| APIBAN_MI_NUM(obj, "max_entries", st.max_entries)
-			|| APIBAN_MI_STR(obj, "state", st.state)) {
+	/* The fields and order of Kamailio's apiban.stats: the one list. */
+#define APIBAN_MI_NUMBER(n, doc) || APIBAN_MI_NUM(obj, #n, st.n)
+#define APIBAN_MI_TEXT(n, doc) || APIBAN_MI_STR(obj, #n, st.n)
+	if (0 APIBAN_STATS(APIBAN_MI_NUMBER, APIBAN_MI_TEXT)) {
 		free_mi_response(resp);
 		return NULL;
 	}
@@ -227,8 +192,7 @@ static mi_response_t *apiban_mi_check(const mi_params_t *params, struct mi_handl
 		return NULL;
 	if (add_mi_string(obj, MI_SSTR("ip"), ip, ip_len) < 0
 			|| APIBAN_MI_NUM(obj, "listed", v.result == APIBAN_LISTED ? 1 : 0)
-			|| APIBAN_MI_STR(obj, "result", v.result == APIBAN_LISTED ? "listed"
-					: v.result == APIBAN_NOT_LISTED ? "not listed" : "bad address")
+			|| APIBAN_MI_STR(obj, "result", v.result_text)
 			|| APIBAN_MI_STR(obj, "detail", v.detail)) {
 		free_mi_response(resp);
 		return NULL;
@@ -267,6 +231,13 @@ const proc_export_t apiban_osips_procs[] = {
 int apiban_osips_load(void)
 {
 	apiban_set_host(&apiban_osips_host);
+	return 0;
+}
+
+/* init_child_f: in every process, after its fork. */
+int apiban_osips_child_init(int rank)
+{
+	apiban_child_init(process_no);
 	return 0;
 }
 

@@ -5,7 +5,7 @@
 
 use std::os::raw::{c_char, c_int, c_uint, c_void};
 
-/// Mirror of Kamailio 5.6 `struct module_exports` (core/sr_module.h). The shim asserts the C
+/// Mirror of Kamailio's `struct module_exports` (core/sr_module.h; the same from 5.5 to 6.0). The shim asserts the C
 /// size and offsets at compile time; mod_register compares the sizes at load.
 #[repr(C)]
 pub struct ModuleExports {
@@ -77,19 +77,7 @@ pub static module_flags: CStrPtr = CStrPtr((&raw const apiban_kam_flags).cast())
 /// Runs at load, before the parameters: installs the logger and the KEMI exports.
 #[no_mangle]
 pub extern "C" fn mod_register(_path: *mut c_char, _dlflags: *mut c_int, _p1: *mut c_void, _p2: *mut c_void) -> c_int {
-    std::panic::catch_unwind(|| {
-        // SAFETY: the shim's registration takes no arguments and runs in the main process.
-        let rc = unsafe { apiban_kam_register() };
-        // SAFETY: a constant defined by the shim.
-        let c_size = unsafe { apiban_kam_exports_size };
-        if c_size != std::mem::size_of::<ModuleExports>() {
-            crate::log::log_err!(
-                "struct module_exports is {c_size} bytes in this Kamailio, {} in the module: rebuild apiban against this server's source",
-                std::mem::size_of::<ModuleExports>()
-            );
-            return -1;
-        }
-        rc
-    })
-    .unwrap_or(-1)
+    // SAFETY: a constant defined by the shim, never written.
+    let c_size = unsafe { &apiban_kam_exports_size };
+    super::load_checked("Kamailio", apiban_kam_register, c_size, std::mem::size_of::<ModuleExports>())
 }

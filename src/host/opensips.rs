@@ -64,6 +64,7 @@ extern "C" {
     static apiban_osips_exports_size: usize;
     fn apiban_osips_load() -> c_int;
     fn apiban_osips_mod_init() -> c_int;
+    fn apiban_osips_child_init(rank: c_int) -> c_int;
 }
 
 /// `MOD_TYPE_DEFAULT` and `DEFAULT_DLFLAGS` (asserted in the shim).
@@ -96,26 +97,14 @@ pub static exports: ModuleExports = ModuleExports {
     init_f: Some(apiban_osips_mod_init),
     response_f: None,
     destroy_f: None,
-    init_child_f: None,
+    init_child_f: Some(apiban_osips_child_init),
     reload_ack_f: None,
 };
 
 /// `load_f`: runs right after dlopen, before any modparam: installs the logger, then checks
 /// that this mirror has the size of the server's struct.
 unsafe extern "C" fn load() -> c_int {
-    std::panic::catch_unwind(|| {
-        // SAFETY: the shim's load function takes no arguments and runs in the main process.
-        let rc = unsafe { apiban_osips_load() };
-        // SAFETY: a constant defined by the shim.
-        let c_size = unsafe { apiban_osips_exports_size };
-        if c_size != std::mem::size_of::<ModuleExports>() {
-            crate::log::log_err!(
-                "struct module_exports is {c_size} bytes in this OpenSIPS, {} in the module: rebuild apiban against this server's source tree",
-                std::mem::size_of::<ModuleExports>()
-            );
-            return -1;
-        }
-        rc
-    })
-    .unwrap_or(-1)
+    // SAFETY: a constant defined by the shim, never written.
+    let c_size = unsafe { &apiban_osips_exports_size };
+    super::load_checked("OpenSIPS", apiban_osips_load, c_size, std::mem::size_of::<ModuleExports>())
 }
