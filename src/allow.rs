@@ -48,4 +48,14 @@ mod tests {
         assert_eq!(a.find(k("2001:db8::1")), Some("allow 2001:db8::1"));
         assert_eq!(a.find(k("2001:db8::2")), None);
     }
+
+    #[test]
+    fn an_ipv4_mapped_rule_matches_the_ipv4_sources_it_maps() {
+        let a = AllowList::new(vec![(parse_cidr("::ffff:192.0.2.0/120").unwrap(), "allow ::ffff:192.0.2.0/120".into())]);
+        let k = |s: &str| parse_text(s.as_bytes()).unwrap();
+        assert_eq!(a.find(k("192.0.2.9")), Some("allow ::ffff:192.0.2.0/120"));
+        assert_eq!(a.find(k("::ffff:192.0.2.10")), Some("allow ::ffff:192.0.2.0/120"));
+        assert_eq!(a.find(k("192.0.3.1")), None);
+        assert_eq!(parse_cidr("::ffff:10.1.2.3"), parse_cidr("10.1.2.3/32"));
+    }
 }

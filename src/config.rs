@@ -97,13 +97,24 @@ fn path(name: &str, v: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(v.trim()))
 }
 
-/// An address or a CIDR range; a bare address is a host route.
+/// An address or a CIDR range; a bare address is a host route. An IPv4-mapped IPv6 range
+/// (`::ffff:192.0.2.0/120`) is the IPv4 range it maps, since a mapped source is looked up as
+/// IPv4; a range that covers mapped and other IPv6 addresses at once is refused.
 pub fn parse_cidr(v: &str) -> Option<IpNet> {
     let v = v.trim();
-    if let Ok(n) = v.parse::<IpNet>() {
-        return Some(n.trunc());
+    let net = match v.parse::<IpNet>() {
+        Ok(n) => n.trunc(),
+        Err(_) => crate::addr::parse_text(v.as_bytes()).map(|k| IpNet::from(k.to_ip()))?,
+    };
+    let mapped = std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0);
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 && n.network().to_ipv4_mapped().is_some() => {
+            let v4 = n.network().to_ipv4_mapped()?;
+            ipnet::Ipv4Net::new(v4, n.prefix_len() - 96).ok().map(IpNet::V4)
+        }
+        IpNet::V6(n) if n.prefix_len() > 0 && n.contains(&mapped) => None,
+        _ => Some(net),
     }
-    crate::addr::parse_text(v.as_bytes()).map(|k| IpNet::from(k.to_ip()))
 }
 
 fn check_url(v: &str) -> Result<String, String> {
@@ -305,6 +316,7 @@ mod tests {
             ("rate_limit", "0/120"),
             ("allow", "10.0.0.0/33"),
             ("allow", "example.com"),
+            ("allow", "::ffff:0:0/90"),
             ("apikey", ""),
             ("apikey", "a b"),
         ] {

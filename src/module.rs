@@ -66,8 +66,12 @@ pub fn init() -> Result<(), String> {
 
     let mut initial = None;
     if let Some(path) = &settings.cfg.snapshot_file {
+        let removed = snapshot::remove_stale_temps(path);
+        if removed > 0 {
+            log_info!("snapshot {}: removed {removed} temporary file(s) left by an interrupted write", path.display());
+        }
         match snapshot::load(path, max) {
-            Ok(s) => {
+            Ok(Some(s)) => {
                 let (v4, v6) = split_live(&s.entries, settings.cfg.ttl, now, max);
                 let (n4, n6) = table.publish(&crate::table::Entries { v4: &v4, v6: &v6 }, now ^ 0x5eed);
                 let c = stats.get();
@@ -85,7 +89,7 @@ pub fn init() -> Result<(), String> {
                 );
                 initial = Some(s);
             }
-            Err(e) if e.contains("No such file") => {
+            Ok(None) => {
                 log_info!("snapshot {}: none yet, starting empty", path.display())
             }
             Err(e) => log_warn!("snapshot {} ignored: {e}; starting empty", path.display()),

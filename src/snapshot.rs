@@ -128,9 +128,43 @@ pub fn save(path: &Path, s: &Snapshot) -> std::io::Result<()> {
     result
 }
 
-pub fn load(path: &Path, max_entries: usize) -> Result<Snapshot, String> {
-    let data = fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    decode(&data, max_entries)
+/// The snapshot at `path`; `Ok(None)` when there is none yet (told by the error's kind, not
+/// its text, which depends on the C library's locale).
+pub fn load(path: &Path, max_entries: usize) -> Result<Option<Snapshot>, String> {
+    match fs::read(path) {
+        Ok(data) => decode(&data, max_entries).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read: {e}")),
+    }
+}
+
+/// Removes the temporary files that a stop in the middle of `save` left beside `path`
+/// (`.<name>.tmp.<pid>` of a process that is gone); they would pile up across restarts.
+/// Returns how many were removed.
+pub fn remove_stale_temps(path: &Path) -> usize {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return 0 };
+    let prefix = format!(".{name}.tmp.");
+    let Ok(list) = fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for e in list.flatten() {
+        let file = e.file_name();
+        let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid_alive(pid) && pid as u32 != std::process::id() {
+            continue; // another running server's write in progress
+        }
+        if fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
 #[cfg(test)]
@@ -149,7 +183,7 @@ mod tests {
     fn round_trip_through_a_file() {
         let p = std::env::temp_dir().join(format!("apiban-snap-{}", std::process::id()));
         save(&p, &sample()).unwrap();
-        assert_eq!(load(&p, 10).unwrap(), sample());
+        assert_eq!(load(&p, 10).unwrap(), Some(sample()));
         fs::remove_file(&p).unwrap();
     }
 
@@ -172,8 +206,26 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_file_is_an_error_not_a_panic() {
-        assert!(load(Path::new("/nonexistent/apiban.snapshot"), 10).unwrap_err().contains("cannot read"));
+    fn a_missing_file_is_none_and_an_unreadable_one_an_error() {
+        assert_eq!(load(Path::new("/nonexistent/apiban.snapshot"), 10), Ok(None));
+        // A directory where the file should be: not "none yet", an error that says why.
+        assert!(load(&std::env::temp_dir(), 10).unwrap_err().contains("cannot read"));
+    }
+
+    #[test]
+    fn stale_temporary_files_are_removed_at_start() {
+        let dir = std::env::temp_dir().join(format!("apiban-tmps-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let snap = dir.join("apiban.snapshot");
+        // A pid that cannot exist (above pid_max), one of this process, an unrelated file.
+        for f in [".apiban.snapshot.tmp.2147483000", &format!(".apiban.snapshot.tmp.{}", std::process::id()), ".other.tmp.1", "apiban.snapshot"] {
+            fs::write(dir.join(f), b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temps(&snap), 2);
+        let mut left: Vec<String> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, [".other.tmp.1", "apiban.snapshot"]);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
