@@ -172,6 +172,9 @@ struct Refresher<'l> {
     retry_at: Option<Instant>,
     rng: u64,
     overflow_logged: bool,
+    /// What the state says after "ok" while the list holds addresses that arrived already
+    /// expired: kept by incremental pulls, cleared by a full pull without any.
+    stale_note: Option<String>,
 }
 
 impl<'l> Refresher<'l> {
@@ -192,6 +195,7 @@ impl<'l> Refresher<'l> {
             retry_at: None,
             rng: (std::process::id() as u64) << 32 ^ unix_now() | 1,
             overflow_logged: false,
+            stale_note: None,
         };
         // Resume from the snapshot read before the fork: an incremental pull brings it up to date.
         if let Some(s) = m.initial.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -409,9 +413,13 @@ impl<'l> Refresher<'l> {
                 p.stale_id,
                 cfg.ttl
             );
-            text!(c, state).put(&format!("ok; {} address(es) arrived already expired (batch ID {})", p.stale, p.stale_id));
-        } else {
-            text!(c, state).put("ok");
+            self.stale_note = Some(format!("{} address(es) arrived already expired (batch ID {})", p.stale, p.stale_id));
+        } else if p.full {
+            self.stale_note = None;
+        }
+        match &self.stale_note {
+            Some(note) => text!(c, state).put(&format!("ok; {note}")),
+            None => text!(c, state).put("ok"),
         }
         if changed {
             self.save_snapshot(now);

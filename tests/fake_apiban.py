@@ -89,6 +89,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self):
         super().setup()
+        self.api_requests = 0  # on this connection
         self.fake._track(self.connection, True)
 
     def finish(self):
@@ -145,6 +146,14 @@ class _Handler(BaseHTTPRequestHandler):
             if path.startswith("/_control/"):
                 self._control(method, path, raw)
             else:
+                f = self.fake
+                if self.api_requests == 0 and f.first_request_delay:
+                    # The first request of a connection arrives late (DNS, TCP, TLS): it is
+                    # recorded, and counted against the rate limit, only now.
+                    time.sleep(f.first_request_delay)
+                self.api_requests += 1
+                if f.requests_per_connection and self.api_requests >= f.requests_per_connection:
+                    self.close_connection = True  # the next request pays for a new connection
                 self._api(method, path, raw)
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError):
             self.close_connection = True
@@ -192,6 +201,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(404, {"ipaddress": "not found", "ID": "none"})
         if not key or (f.key is not None and key != f.key):
             return self._send(403, UNAUTHORIZED)  # bad key: always 403, consumes no fault
+        if f.over_rate_limit():
+            return self._send(429, RATE_LIMITED)
 
         fault = f._take_fault(idv) or {"mode": None}
         mode = fault["mode"]
@@ -289,8 +300,16 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeApiban:
     """The fake server. Thread-safe; all list/fault/stats methods work while running."""
 
-    def __init__(self, port=0, key=None, count=0, ips=(), batch=250, verbose=False):
+    def __init__(self, port=0, key=None, count=0, ips=(), batch=250, verbose=False, first_request_delay=0.0,
+                 requests_per_connection=0, rate_limit=None):
         self.port, self.key, self.batch, self.verbose = port, key or None, int(batch), verbose
+        # Arrival timing, as a real server sees it: the first request of each connection arrives
+        # first_request_delay seconds late; a connection closes after requests_per_connection
+        # requests (0: never); rate_limit (MAX, WINDOW_S) answers 429 to an arrival that makes
+        # more than MAX in the WINDOW_S seconds before it, as APIBAN counts.
+        self.first_request_delay = float(first_request_delay)
+        self.requests_per_connection = int(requests_per_connection)
+        self.rate_limit = rate_limit
         self._lock = threading.Lock()
         self._conns = set()
         self._server = self._thread = None
@@ -437,6 +456,21 @@ class FakeApiban:
             s.update(last_auth=auth, last_body=body, last_set=setname, last_key=key, last_id=idv)
             s["ids"] = (s["ids"] + [None if idv is None else str(idv)])[-1000:]
             s["times"] = (s["times"] + [time.time()])[-1000:]
+
+    def over_rate_limit(self):
+        """Whether the arrival just recorded is over rate_limit (it is counted either way)."""
+        if not self.rate_limit:
+            return False
+        n, window = self.rate_limit
+        with self._lock:
+            times = self._stats["times"]
+            now = times[-1]
+            return sum(1 for t in times if now - t <= window) > n
+
+    def worst_window(self, window):
+        """The most API request arrivals in any closed window of `window` seconds."""
+        times = sorted(self.stats()["times"])
+        return max((bisect.bisect_right(times, t + window) - i for i, t in enumerate(times)), default=0)
 
     def stats(self):
         with self._lock:

@@ -217,6 +217,7 @@ class Kamailio(SipServer):
         self.cfg = os.path.join(tmp, "kamailio.cfg")
         write_text(self.cfg, text)
         self.proc = None
+        self.env = None  # the server's environment, when a test needs one of its own
 
     def args(self):
         a = [KAMAILIO, "-f", self.cfg, "-DD", "-E", "-Y", self.run_dir, "-w", self.run_dir, "-m", "64", "-M", "8"]
@@ -225,7 +226,7 @@ class Kamailio(SipServer):
         return a
 
     def start(self, wait=True):
-        self.proc = Proc(self.args(), self.log_path)
+        self.proc = Proc(self.args(), self.log_path, env=self.env)
         if wait:
             wait_until(lambda: self.rpc_ok("core.version") or not self.proc.alive(), timeout=15,
                        what="kamailio's ctl socket")
