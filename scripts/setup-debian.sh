@@ -12,6 +12,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 need_pkgs=(kamailio kamailio-utils-modules kamailio-extra-modules kamailio-lua-modules kamailio-python3-modules
            sip-tester libclang-dev clang dpkg-dev make gcc curl python3 python3-pip procps m4 valgrind)
+# libfaketime: a test steps the server's wall clock back under it (tests/test_feed_edges.py).
+need_pkgs+=(faketime)
 missing=()
 for p in "${need_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
