@@ -50,7 +50,6 @@ impl std::fmt::Display for FeedError {
             FeedError::RateLimited { retry_after: Some(s) } => write!(f, "HTTP 429: rate limited (Retry-After {s} s)"),
             FeedError::RateLimited { retry_after: None } => write!(f, "HTTP 429: rate limited"),
             FeedError::Server(c) => write!(f, "HTTP {c}: server error"),
-            FeedError::Status(407) => write!(f, "HTTP 407: the proxy refused its credentials (check proxy's user:password)"),
             FeedError::Status(c) => write!(f, "HTTP {c}: unexpected status"),
             FeedError::Transport(m) => write!(f, "no reply: {m}"),
             FeedError::TooLarge(n) => write!(f, "reply larger than {n} bytes: refused"),
@@ -171,6 +170,8 @@ pub struct Feed {
     proxy_auth: Option<String>,
     /// "proxy host:port", added to transport errors so that they say which hop failed.
     via: Option<String>,
+    /// An http:// feed through a proxy: the proxy's refusals arrive as replies, not as errors.
+    plain_proxy: bool,
     url: String,
     key: String,
     version: ApiVersion,
@@ -197,9 +198,10 @@ impl Feed {
             builder = builder.tls_config(tls.clone());
         }
         let (mut proxy_auth, mut via) = (None, None);
+        let plain_proxy = net.proxy.is_some() && url.starts_with("http://");
         if let Some(p) = &net.proxy {
             builder = builder.proxy(p.client());
-            if url.starts_with("http://") {
+            if plain_proxy {
                 proxy_auth = p.authorization();
             }
             via = Some(format!("proxy {}:{}", p.host, p.port));
@@ -208,6 +210,7 @@ impl Feed {
             agent: builder.build(),
             proxy_auth,
             via,
+            plain_proxy,
             url: url.to_string(),
             key: key.to_string(),
             version,
@@ -243,13 +246,7 @@ impl Feed {
         let resp = match result {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
-            Err(ureq::Error::Transport(t)) => {
-                let text = transport_text(&t);
-                return Err(FeedError::Transport(match &self.via {
-                    Some(via) => format!("{text} (via {via})"),
-                    None => text,
-                }));
-            }
+            Err(ureq::Error::Transport(t)) => return Err(self.no_reply(transport_text(&t))),
         };
         let status = resp.status();
         let retry_after = resp.header("Retry-After").map(str::to_string);
@@ -261,13 +258,40 @@ impl Feed {
         if body.len() > self.max_body {
             return Err(FeedError::TooLarge(self.max_body));
         }
+        if self.plain_proxy && proxy_refused(status, &body) {
+            return Err(self.no_reply(PROXY_REFUSED.into()));
+        }
         parse_reply(status, &body, retry_after.as_deref(), id)
     }
+
+    /// A transport error, saying which proxy it went through.
+    fn no_reply(&self, text: String) -> FeedError {
+        FeedError::Transport(match &self.via {
+            Some(via) => format!("{text} (via {via})"),
+            None => text,
+        })
+    }
+}
+
+const PROXY_REFUSED: &str = "the proxy refused the request: credentials missing or wrong (check proxy's user:password)";
+
+/// A reply of the proxy itself, not the feed: 407, or a 401 that is not APIBAN's own JSON
+/// (tinyproxy answers wrong credentials with 401 and an HTML page). Otherwise a refused proxy
+/// login would read as a refused API key.
+fn proxy_refused(status: u16, body: &[u8]) -> bool {
+    let apiban_json = || serde_json::from_slice::<Value>(body).is_ok_and(|j| j.get("ID").is_some());
+    status == 407 || (status == 401 && !apiban_json())
 }
 
 /// ureq's own messages name the URL; build ours from the kind and the underlying I/O error.
 fn transport_text(t: &ureq::Transport) -> String {
     use std::error::Error;
+    match t.kind() {
+        // What ureq makes of the proxy's answer to a CONNECT (an https:// feed).
+        ureq::ErrorKind::ProxyUnauthorized => return PROXY_REFUSED.into(),
+        ureq::ErrorKind::ProxyConnect => return "the proxy did not open a tunnel to the feed (CONNECT refused or failed)".into(),
+        _ => {}
+    }
     let kind = t.kind().to_string();
     let mut src = t.source();
     while let Some(e) = src {
@@ -491,6 +515,14 @@ mod tests {
     }
 
     #[test]
+    fn a_401_is_the_proxys_unless_it_is_apibans_json() {
+        assert!(proxy_refused(407, b""));
+        assert!(proxy_refused(401, b"<html>401 Unauthorized</html>"));
+        assert!(!proxy_refused(401, br#"{"ipaddress":"none","ID":"unauthorized"}"#));
+        assert!(!proxy_refused(403, b"<html>403</html>"));
+    }
+
+    #[test]
     fn tls_failures_say_which_check_failed_and_a_trusted_ca_is_pulled() {
         let (port, server) = tls_server(3);
         let t = Duration::from_secs(5);
@@ -515,7 +547,7 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let proxy = std::thread::spawn(move || {
             let mut seen = Vec::new();
-            for answer in ["HTTP/1.1 200 OK", "HTTP/1.1 407 Proxy Authentication Required", "HTTP/1.1 407 Proxy Authentication Required"] {
+            for answer in ["HTTP/1.1 200 OK", "HTTP/1.1 407 Proxy Authentication Required", "HTTP/1.0 401 Unauthorized"] {
                 let (mut s, _) = l.accept().unwrap();
                 let req = read_request(&mut s);
                 reply(&mut s, answer, if answer.contains("200") { BATCH } else { "" });
@@ -527,10 +559,10 @@ mod tests {
         let t = Duration::from_secs(5);
         let plain = Feed::new("http://feed.invalid:8080", "KEY2", ApiVersion::V2, "sip", t, &net);
         assert_eq!(plain.fetch(START_ID).unwrap().addrs.len(), 2);
-        let e = Feed::new("https://feed.invalid", "KEY2", ApiVersion::V2, "sip", t, &net).fetch(START_ID).unwrap_err().to_string();
-        assert!(e.contains("credentials") && e.ends_with(&format!("(via proxy 127.0.0.1:{port})")), "{e}");
-        let e = plain.fetch(START_ID).unwrap_err().to_string();
-        assert!(e.starts_with("HTTP 407: the proxy refused its credentials"), "{e}");
+        let refused = format!("no reply: {PROXY_REFUSED} (via proxy 127.0.0.1:{port})");
+        let e = Feed::new("https://feed.invalid", "KEY2", ApiVersion::V2, "sip", t, &net).fetch(START_ID).unwrap_err();
+        assert_eq!(e.to_string(), refused);
+        assert_eq!(plain.fetch(START_ID).unwrap_err().to_string(), refused);
         let seen = proxy.join().unwrap();
         // "carrier:PW:s3cret" in base64: a plain request carries it to the proxy...
         let creds = "Y2FycmllcjpQVzpzM2NyZXQ=";
