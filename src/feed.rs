@@ -252,14 +252,17 @@ impl Feed {
         let retry_after = resp.header("Retry-After").map(str::to_string);
         let mut body = Vec::new();
         let limit = self.max_body as u64 + 1;
-        if let Err(e) = resp.into_reader().take(limit).read_to_end(&mut body) {
+        let read = resp.into_reader().take(limit).read_to_end(&mut body);
+        // Before the body's own errors: a proxy that refuses a POST may close without reading
+        // its body, and the reset that follows can cut its reply short.
+        if self.plain_proxy && proxy_refused(status, &body) {
+            return Err(self.no_reply(PROXY_REFUSED.into()));
+        }
+        if let Err(e) = read {
             return Err(FeedError::Transport(format!("reading the body: {}", io_text(&e))));
         }
         if body.len() > self.max_body {
             return Err(FeedError::TooLarge(self.max_body));
-        }
-        if self.plain_proxy && proxy_refused(status, &body) {
-            return Err(self.no_reply(PROXY_REFUSED.into()));
         }
         parse_reply(status, &body, retry_after.as_deref(), id)
     }

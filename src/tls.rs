@@ -72,7 +72,7 @@ pub fn load(system: Option<&Path>, ca_file: Option<&Path>) -> Trust {
     match system.map(|p| (p, read_bundle(p))) {
         Some((p, Ok(certs))) => {
             let (n, _) = store.add_parsable_certificates(certs);
-            parts.push(format!("{n} certificates of the system store {}", p.display()));
+            parts.push(format!("{n} certificate(s) of the system store {}", p.display()));
         }
         other => {
             store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());

@@ -211,8 +211,9 @@ class Kamailio(SipServer):
             a += ["-A", f"{k}={v}" if v is not None else k]
         return a
 
-    def start(self, wait=True):
-        self.proc = Proc(self.args(), self.log_path)
+    def start(self, wait=True, env=None):
+        """env: the server's environment, when not this process's (e.g. SSL_CERT_FILE)."""
+        self.proc = Proc(self.args(), self.log_path, env=env)
         if wait:
             wait_until(lambda: self.rpc_ok("core.version") or not self.proc.alive(), timeout=15,
                        what="kamailio's ctl socket")
