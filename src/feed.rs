@@ -545,6 +545,22 @@ mod tests {
     }
 
     #[test]
+    fn an_https_url_on_a_plain_http_server_is_told() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).unwrap();
+            reply(&mut s, "HTTP/1.1 400 Bad Request", "plain HTTP here");
+        });
+        let f = Feed::new(&format!("https://127.0.0.1:{port}"), "K", ApiVersion::V2, "sip", Duration::from_secs(5), &Net::default());
+        let e = f.fetch(START_ID).unwrap_err().to_string();
+        assert!(e.starts_with("no reply: TLS: the server does not speak TLS"), "{e}");
+        server.join().unwrap();
+    }
+
+    #[test]
     fn requests_go_through_the_proxy_with_its_credentials() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
