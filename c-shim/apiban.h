@@ -93,7 +93,8 @@ struct apiban_verdict {
  * value reaches the core as text through apiban_param(). */
 #define APIBAN_PARAMS(X) \
 	X(apikey) X(apikey_file) X(url) X(api_version) X(set) X(interval) X(max_entries) \
-	X(timeout) X(rate_limit) X(snapshot_file) X(ttl) X(full_resync) X(allow) X(allow_file)
+	X(timeout) X(rate_limit) X(snapshot_file) X(ttl) X(full_resync) X(allow) X(allow_file) \
+	X(ca_file) X(proxy)
 
 /* ---- host -> core ---------------------------------------------------------------------- */
 

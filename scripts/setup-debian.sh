@@ -2,6 +2,8 @@
 # Prepares a fresh Debian 12 machine (as root) to build and test the apiban module:
 #   - Debian's Kamailio 5.6 and the modules the tests and the script comparison load;
 #   - sipp, clang/libclang for bindgen;
+#   - openssl (the TLS tests make their own CA), tinyproxy (the proxy tests start their own),
+#     ca-certificates (the system trust store the module reads);
 #   - Kamailio's source package, unpacked at $KAMAILIO_SRC and configured exactly as
 #     debian/rules configures it, so build.rs can read the binary's own defines.
 # Idempotent: a second run only checks.
@@ -11,7 +13,8 @@ KAMAILIO_SRC=${KAMAILIO_SRC:-/usr/local/src/kamailio}
 export DEBIAN_FRONTEND=noninteractive
 
 need_pkgs=(kamailio kamailio-utils-modules kamailio-extra-modules kamailio-lua-modules kamailio-python3-modules
-           sip-tester libclang-dev clang dpkg-dev make gcc curl python3 python3-pip procps m4 valgrind)
+           sip-tester libclang-dev clang dpkg-dev make gcc curl python3 python3-pip procps m4 valgrind
+           ca-certificates openssl tinyproxy)
 # libfaketime: a test steps the server's wall clock back under it (tests/test_feed_edges.py).
 need_pkgs+=(faketime)
 missing=()
@@ -35,8 +38,10 @@ if ((${#missing[@]})); then
     echo "setup: installing ${missing[*]}"
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian starts the packaged kamailio service on install; the tests run their own.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now kamailio >/dev/null 2>&1 || true; fi
+# Debian starts the packaged kamailio and tinyproxy services on install; the tests run their own.
+if command -v systemctl >/dev/null 2>&1; then
+    for unit in kamailio tinyproxy; do systemctl disable --now "$unit" >/dev/null 2>&1 || true; done
+fi
 
 # The source of exactly the installed binary.
 kver=$(dpkg-query -W -f='${Version}' kamailio)

@@ -28,6 +28,10 @@ pub struct Config {
     pub full_resync: u64,
     pub allow: Vec<(IpNet, String)>,
     pub allow_file: Option<PathBuf>,
+    /// A PEM bundle trusted beside the system's store.
+    pub ca_file: Option<PathBuf>,
+    /// The HTTP proxy the feed is reached through.
+    pub proxy: Option<crate::proxy::Proxy>,
 }
 
 /// The parameters after mod_init's checks: the key resolved, the allow-list complete.
@@ -54,6 +58,8 @@ impl Default for Config {
             full_resync: 86400,
             allow: Vec::new(),
             allow_file: None,
+            ca_file: None,
+            proxy: None,
         }
     }
 }
@@ -203,6 +209,8 @@ impl Config {
                 self.allow.push((net, format!("allow {v}")));
             }
             "allow_file" => self.allow_file = Some(path(name, v)?),
+            "ca_file" => self.ca_file = Some(path(name, v)?),
+            "proxy" => self.proxy = Some(crate::proxy::parse(v).map_err(|e| err(name, e))?),
             _ => return Err(format!("unknown parameter '{name}'")),
         }
         Ok(())
@@ -251,7 +259,17 @@ impl Config {
                 self.allow.push((net, format!("allow_file {}:{} {l}", p.display(), i + 1)));
             }
         }
+        self.check_ca_file()?;
         Ok(Settings { key, cfg: self })
+    }
+
+    /// `ca_file` must be readable and hold certificates now: a typo there would otherwise show
+    /// only as TLS errors at the first pull. The refresher reads it again when it builds its client.
+    fn check_ca_file(&self) -> Result<(), String> {
+        match &self.ca_file {
+            Some(p) => crate::tls::read_bundle(p).map(|_| ()).map_err(|e| err("ca_file", e)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -361,6 +379,37 @@ mod tests {
     }
 
     #[test]
+    fn ca_file_is_read_at_start() {
+        let e = set(&[("url", "http://127.0.0.1:9"), ("ca_file", "/nonexistent/ca.pem")]).unwrap().finish(None).unwrap_err();
+        assert!(e.starts_with("parameter 'ca_file': cannot read /nonexistent/ca.pem"), "{e}");
+        let dir = std::env::temp_dir().join(format!("apiban-cfg-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "no PEM here\n").unwrap();
+        let e = set(&[("url", "http://127.0.0.1:9"), ("ca_file", empty.to_str().unwrap())]).unwrap().finish(None).unwrap_err();
+        assert!(e.starts_with("parameter 'ca_file': ") && e.contains("holds no certificate"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(set(&[("ca_file", "")]).unwrap_err().contains("'ca_file': empty path"));
+        // The system's own bundle is a valid ca_file, where the machine has one.
+        if let Some(p) = crate::tls::system_bundle(None, |p| p.exists()) {
+            let s = set(&[("url", "http://127.0.0.1:9"), ("ca_file", p.to_str().unwrap())]).unwrap().finish(None).unwrap();
+            assert_eq!(s.cfg.ca_file, Some(p));
+        }
+    }
+
+    #[test]
+    fn proxy_is_checked_and_its_password_never_shown() {
+        let c = set(&[("proxy", "http://carrier:PW-s3cret@proxy.example.net:3128")]).unwrap();
+        let p = c.proxy.as_ref().unwrap();
+        assert_eq!((p.host.as_str(), p.port, p.password()), ("proxy.example.net", 3128, Some("PW-s3cret")));
+        assert!(!format!("{c:?}").contains("PW-s3cret"));
+        for v in ["", "proxy:3128", "https://proxy:3128", "http://carrier:PW-s3cret@proxy", "http://proxy:0"] {
+            let e = set(&[("proxy", v)]).unwrap_err();
+            assert!(e.starts_with("parameter 'proxy': ") && !e.contains("PW-s3cret"), "{v}: {e}");
+        }
+    }
+
+    #[test]
     fn seconds_with_units() {
         assert_eq!(parse_seconds("90"), Some(90));
         assert_eq!(parse_seconds("5m"), Some(300));
@@ -377,7 +426,7 @@ mod tests {
         let header = include_str!("../c-shim/apiban.h");
         let list = header.split("#define APIBAN_PARAMS(X)").nth(1).unwrap().split("\n\n").next().unwrap();
         let names: Vec<&str> = list.split("X(").skip(1).map(|s| s.split(')').next().unwrap()).collect();
-        assert_eq!(names.len(), 14);
+        assert_eq!(names.len(), 16);
         for n in names {
             let e = Config::default().set(n, "").err().unwrap_or_default();
             assert!(!e.contains("unknown parameter"), "{n}: {e}");

@@ -5,6 +5,7 @@
 //! Error texts never contain a URL: with API v1 the key is part of it.
 
 use crate::addr::Key;
+use crate::log::{log_info, log_warn};
 use serde_json::Value;
 use std::io::Read;
 use std::time::Duration;
@@ -135,8 +136,42 @@ pub enum ApiVersion {
     V2,
 }
 
+/// How the feed is reached: whom TLS trusts (None: ureq's built-in roots, unit tests only) and
+/// the proxy, if any.
+#[derive(Clone, Default)]
+pub struct Net {
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    pub proxy: Option<crate::proxy::Proxy>,
+}
+
+impl Net {
+    /// The refresher's: the trust store read now (after the fork: no thread, only files), the
+    /// proxy as configured. Says in the log what is trusted and which proxy is used.
+    pub fn for_config(cfg: &crate::config::Config) -> Net {
+        let tls = cfg.url.starts_with("https://").then(|| {
+            let system = crate::tls::system_bundle(std::env::var_os("SSL_CERT_FILE").map(Into::into), |p| p.exists());
+            let trust = crate::tls::load(system.as_deref(), cfg.ca_file.as_deref());
+            if let Some(w) = &trust.warning {
+                log_warn!("{w}");
+            }
+            log_info!("{}", trust.summary);
+            crate::tls::client_config(trust.store)
+        });
+        if let Some(p) = &cfg.proxy {
+            log_info!("the feed is reached through the proxy {p}");
+        }
+        Net { tls, proxy: cfg.proxy.clone() }
+    }
+}
+
 pub struct Feed {
     agent: ureq::Agent,
+    /// Sent with each request of a plain http:// feed through a proxy with credentials.
+    proxy_auth: Option<String>,
+    /// "proxy host:port", added to transport errors so that they say which hop failed.
+    via: Option<String>,
+    /// An http:// feed through a proxy: the proxy's refusals arrive as replies, not as errors.
+    plain_proxy: bool,
     url: String,
     key: String,
     version: ApiVersion,
@@ -149,18 +184,39 @@ pub struct Feed {
 pub const MAX_BODY: usize = 16 << 20;
 
 impl Feed {
-    pub fn new(url: &str, key: &str, version: ApiVersion, set: &str, timeout: Duration) -> Feed {
+    pub fn new(url: &str, key: &str, version: ApiVersion, set: &str, timeout: Duration, net: &Net) -> Feed {
         // ureq 2 has one deadline per request, which overrides its per-read and per-write
         // timeouts: a server that connects and then says nothing, or trickles its reply, is
         // given up `2 × timeout` after the request started.
-        let agent = ureq::AgentBuilder::new()
+        let mut builder = ureq::AgentBuilder::new()
             .timeout_connect(timeout)
             .timeout(timeout * 2)
             // The key travels in a header (v2) or the path (v1): never follow it elsewhere.
             .redirects(0)
-            .user_agent(concat!("apiban-module/", env!("CARGO_PKG_VERSION")))
-            .build();
-        Feed { agent, url: url.to_string(), key: key.to_string(), version, set: set.to_string(), max_body: MAX_BODY }
+            .user_agent(concat!("apiban-module/", env!("CARGO_PKG_VERSION")));
+        if let Some(tls) = &net.tls {
+            builder = builder.tls_config(tls.clone());
+        }
+        let (mut proxy_auth, mut via) = (None, None);
+        let plain_proxy = net.proxy.is_some() && url.starts_with("http://");
+        if let Some(p) = &net.proxy {
+            builder = builder.proxy(p.client());
+            if plain_proxy {
+                proxy_auth = p.authorization();
+            }
+            via = Some(format!("proxy {}:{}", p.host, p.port));
+        }
+        Feed {
+            agent: builder.build(),
+            proxy_auth,
+            via,
+            plain_proxy,
+            url: url.to_string(),
+            key: key.to_string(),
+            version,
+            set: set.to_string(),
+            max_body: MAX_BODY,
+        }
     }
 
     #[cfg(test)]
@@ -171,25 +227,38 @@ impl Feed {
 
     /// Asks for the batch after `id` and classifies the reply.
     pub fn fetch(&self, id: u64) -> Result<Batch, FeedError> {
-        let result = match self.version {
+        let req = match self.version {
             ApiVersion::V2 => self
                 .agent
                 .post(&format!("{}/api/get", self.url))
                 .set("Authorization", &format!("Bearer {}", self.key))
-                .set("Content-Type", "application/json")
-                .send_string(&serde_json::json!({"set": self.set, "id": id.to_string()}).to_string()),
-            ApiVersion::V1 => self.agent.get(&format!("{}/api/{}/banned/{}", self.url, self.key, id)).call(),
+                .set("Content-Type", "application/json"),
+            ApiVersion::V1 => self.agent.get(&format!("{}/api/{}/banned/{}", self.url, self.key, id)),
+        };
+        let req = match &self.proxy_auth {
+            Some(auth) => req.set("Proxy-Authorization", auth),
+            None => req,
+        };
+        let result = match self.version {
+            ApiVersion::V2 => req.send_string(&serde_json::json!({"set": self.set, "id": id.to_string()}).to_string()),
+            ApiVersion::V1 => req.call(),
         };
         let resp = match result {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
-            Err(ureq::Error::Transport(t)) => return Err(FeedError::Transport(transport_text(&t))),
+            Err(ureq::Error::Transport(t)) => return Err(self.no_reply(transport_text(&t))),
         };
         let status = resp.status();
         let retry_after = resp.header("Retry-After").map(str::to_string);
         let mut body = Vec::new();
         let limit = self.max_body as u64 + 1;
-        if let Err(e) = resp.into_reader().take(limit).read_to_end(&mut body) {
+        let read = resp.into_reader().take(limit).read_to_end(&mut body);
+        // Before the body's own errors: a proxy that refuses a POST may close without reading
+        // its body, and the reset that follows can cut its reply short.
+        if self.plain_proxy && proxy_refused(status, &body) {
+            return Err(self.no_reply(PROXY_REFUSED.into()));
+        }
+        if let Err(e) = read {
             return Err(FeedError::Transport(format!("reading the body: {}", io_text(&e))));
         }
         if body.len() > self.max_body {
@@ -197,15 +266,43 @@ impl Feed {
         }
         parse_reply(status, &body, retry_after.as_deref(), id)
     }
+
+    /// A transport error, saying which proxy it went through.
+    fn no_reply(&self, text: String) -> FeedError {
+        FeedError::Transport(match &self.via {
+            Some(via) => format!("{text} (via {via})"),
+            None => text,
+        })
+    }
+}
+
+const PROXY_REFUSED: &str = "the proxy refused the request: credentials missing or wrong (check proxy's user:password)";
+
+/// A reply of the proxy itself, not the feed: 407, or a 401 that is not APIBAN's own JSON
+/// (tinyproxy answers wrong credentials with 401 and an HTML page). Otherwise a refused proxy
+/// login would read as a refused API key.
+fn proxy_refused(status: u16, body: &[u8]) -> bool {
+    let apiban_json = || serde_json::from_slice::<Value>(body).is_ok_and(|j| j.get("ID").is_some());
+    status == 407 || (status == 401 && !apiban_json())
 }
 
 /// ureq's own messages name the URL; build ours from the kind and the underlying I/O error.
 fn transport_text(t: &ureq::Transport) -> String {
     use std::error::Error;
+    match t.kind() {
+        // What ureq makes of the proxy's answer to a CONNECT (an https:// feed).
+        ureq::ErrorKind::ProxyUnauthorized => return PROXY_REFUSED.into(),
+        ureq::ErrorKind::ProxyConnect => return "the proxy did not open a tunnel to the feed (CONNECT refused or failed)".into(),
+        _ => {}
+    }
     let kind = t.kind().to_string();
     let mut src = t.source();
     while let Some(e) = src {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            // A TLS failure says what it is; "Connection Failed" before it would only blur that.
+            if let Some(tls) = tls_error(io) {
+                return crate::tls::describe(tls);
+            }
             return format!("{kind}: {}", io_text(io));
         }
         src = e.source();
@@ -213,7 +310,15 @@ fn transport_text(t: &ureq::Transport) -> String {
     kind
 }
 
+/// rustls reports a TLS failure as an InvalidData I/O error around its own error.
+fn tls_error(e: &std::io::Error) -> Option<&rustls::Error> {
+    e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
 fn io_text(e: &std::io::Error) -> String {
+    if let Some(tls) = tls_error(e) {
+        return crate::tls::describe(tls);
+    }
     match e.kind() {
         std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => "timed out".into(),
         std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
@@ -226,6 +331,8 @@ fn io_text(e: &std::io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::pem::PemObject;
+    use std::io::Write;
 
     fn ok(body: &str) -> Result<Batch, FeedError> {
         parse_reply(200, body.as_bytes(), None, START_ID)
@@ -310,7 +417,7 @@ mod tests {
     #[test]
     fn transport_errors_do_not_show_the_url_or_key() {
         // Nothing listens on port 9 of 127.0.0.1 in the test sandbox.
-        let f = Feed::new("http://127.0.0.1:9", "SECRETKEY123", ApiVersion::V1, "sip", Duration::from_secs(2));
+        let f = Feed::new("http://127.0.0.1:9", "SECRETKEY123", ApiVersion::V1, "sip", Duration::from_secs(2), &Net::default());
         let e = f.fetch(START_ID).unwrap_err();
         let text = e.to_string();
         assert!(matches!(e, FeedError::Transport(_)), "{text}");
@@ -339,7 +446,6 @@ mod tests {
 
     #[test]
     fn fetch_against_a_local_server_v1_and_v2() {
-        use std::io::Write;
         use std::net::TcpListener;
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
@@ -359,16 +465,131 @@ mod tests {
             seen
         });
         let base = format!("http://127.0.0.1:{port}");
-        let v2 = Feed::new(&base, "KEY2", ApiVersion::V2, "sip", Duration::from_secs(5));
+        let v2 = Feed::new(&base, "KEY2", ApiVersion::V2, "sip", Duration::from_secs(5), &Net::default());
         assert_eq!(v2.fetch(START_ID).unwrap().addrs.len(), 2);
-        let v1 = Feed::new(&base, "KEY1", ApiVersion::V1, "sip", Duration::from_secs(5));
+        let v1 = Feed::new(&base, "KEY1", ApiVersion::V1, "sip", Duration::from_secs(5), &Net::default());
         assert_eq!(v1.fetch(START_ID).unwrap().id, Some(1700000000));
-        let small = Feed::new(&base, "KEY1", ApiVersion::V1, "sip", Duration::from_secs(5)).with_max_body(1000);
+        let small = Feed::new(&base, "KEY1", ApiVersion::V1, "sip", Duration::from_secs(5), &Net::default()).with_max_body(1000);
         assert_eq!(small.fetch(1700000000).unwrap_err(), FeedError::TooLarge(1000));
         let seen = server.join().unwrap();
         assert!(seen[0].starts_with("POST /api/get "), "{}", seen[0]);
         assert!(seen[0].contains("Bearer KEY2") && seen[0].contains(r#""set":"sip""#) && seen[0].contains(r#""id":"100""#));
         assert!(seen[1].starts_with("GET /api/KEY1/banned/100 "), "{}", seen[1]);
+    }
+
+    const BATCH: &str = r#"{"ipaddress":["192.0.2.1","192.0.2.2"],"ID":"1700000000"}"#;
+
+    fn reply(s: &mut impl Write, head: &str, body: &str) {
+        write!(s, "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+        s.flush().unwrap();
+    }
+
+    /// A TLS server with the test certificate for 127.0.0.1 (tls::fixtures) answering `n`
+    /// connections with a batch; handshakes the client refuses are counted.
+    fn tls_server(n: usize) -> (u16, std::thread::JoinHandle<usize>) {
+        use crate::tls::fixtures::{SERVER_127_KEY, SERVER_127_PEM};
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = vec![CertificateDer::from_pem_slice(SERVER_127_PEM.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(SERVER_127_KEY.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let config = std::sync::Arc::new(config);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let mut refused = 0;
+            for _ in 0..n {
+                let (tcp, _) = l.accept().unwrap();
+                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                let mut buf = [0u8; 4096];
+                match tls.read(&mut buf) {
+                    Ok(n) if n > 0 => reply(&mut tls, "HTTP/1.1 200 OK", BATCH),
+                    _ => refused += 1,
+                }
+            }
+            refused
+        });
+        (port, server)
+    }
+
+    #[test]
+    fn a_401_is_the_proxys_unless_it_is_apibans_json() {
+        assert!(proxy_refused(407, b""));
+        assert!(proxy_refused(401, b"<html>401 Unauthorized</html>"));
+        assert!(!proxy_refused(401, br#"{"ipaddress":"none","ID":"unauthorized"}"#));
+        assert!(!proxy_refused(403, b"<html>403</html>"));
+    }
+
+    #[test]
+    fn tls_failures_say_which_check_failed_and_a_trusted_ca_is_pulled() {
+        let (port, server) = tls_server(3);
+        let t = Duration::from_secs(5);
+        let feed = |host: &str, net: &Net| Feed::new(&format!("https://{host}:{port}"), "SECRETKEY123", ApiVersion::V1, "sip", t, net);
+        // ureq's own roots (the Mozilla set) do not know the test CA.
+        let e = feed("127.0.0.1", &Net::default()).fetch(START_ID).unwrap_err().to_string();
+        assert!(e.starts_with("no reply: TLS: unknown issuer"), "{e}");
+        assert!(!e.contains("SECRETKEY123") && !e.contains("/api/"), "{e}");
+        let mut store = rustls::RootCertStore::empty();
+        store.add_parsable_certificates(rustls::pki_types::CertificateDer::pem_slice_iter(crate::tls::fixtures::CA_PEM.as_bytes()).map(|c| c.unwrap()));
+        let net = Net { tls: Some(crate::tls::client_config(store)), proxy: None };
+        // The certificate is for the address 127.0.0.1, not the name localhost.
+        let e = feed("localhost", &net).fetch(START_ID).unwrap_err().to_string();
+        assert!(e.starts_with("no reply: TLS: name mismatch"), "{e}");
+        assert_eq!(feed("127.0.0.1", &net).fetch(START_ID).unwrap().addrs.len(), 2);
+        assert_eq!(server.join().unwrap(), 2);
+    }
+
+    #[test]
+    fn an_https_url_on_a_plain_http_server_is_told() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).unwrap();
+            reply(&mut s, "HTTP/1.1 400 Bad Request", "plain HTTP here");
+        });
+        let f = Feed::new(&format!("https://127.0.0.1:{port}"), "K", ApiVersion::V2, "sip", Duration::from_secs(5), &Net::default());
+        let e = f.fetch(START_ID).unwrap_err().to_string();
+        assert!(e.starts_with("no reply: TLS: the server does not speak TLS"), "{e}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn requests_go_through_the_proxy_with_its_credentials() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let proxy = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for answer in ["HTTP/1.1 200 OK", "HTTP/1.1 407 Proxy Authentication Required", "HTTP/1.0 401 Unauthorized"] {
+                let (mut s, _) = l.accept().unwrap();
+                let req = read_request(&mut s);
+                reply(&mut s, answer, if answer.contains("200") { BATCH } else { "" });
+                seen.push(req);
+            }
+            seen
+        });
+        let net = Net { tls: None, proxy: Some(crate::proxy::parse(&format!("http://carrier:PW%3As3cret@127.0.0.1:{port}")).unwrap()) };
+        let t = Duration::from_secs(5);
+        let plain = Feed::new("http://feed.invalid:8080", "KEY2", ApiVersion::V2, "sip", t, &net);
+        assert_eq!(plain.fetch(START_ID).unwrap().addrs.len(), 2);
+        let refused = format!("no reply: {PROXY_REFUSED} (via proxy 127.0.0.1:{port})");
+        let e = Feed::new("https://feed.invalid", "KEY2", ApiVersion::V2, "sip", t, &net).fetch(START_ID).unwrap_err();
+        assert_eq!(e.to_string(), refused);
+        assert_eq!(plain.fetch(START_ID).unwrap_err().to_string(), refused);
+        let seen = proxy.join().unwrap();
+        // "carrier:PW:s3cret" in base64: a plain request carries it to the proxy...
+        let creds = "Y2FycmllcjpQVzpzM2NyZXQ=";
+        assert!(seen[0].starts_with("POST http://feed.invalid:8080/api/get HTTP/1.1"), "{}", seen[0]);
+        assert!(seen[0].contains(&format!("Proxy-Authorization: Basic {creds}")), "{}", seen[0]);
+        // ...and an HTTPS feed is asked for through CONNECT, the credentials only on the CONNECT.
+        assert!(seen[1].starts_with("CONNECT feed.invalid:443 HTTP/1.1"), "{}", seen[1]);
+        assert!(seen[1].to_ascii_lowercase().contains(&format!("proxy-authorization: basic {}", creds.to_ascii_lowercase())), "{}", seen[1]);
     }
 
     /// Bounded fuzzing in every test run: mutated replies never panic, and what parses keeps

@@ -15,11 +15,13 @@ mod log;
 mod module;
 #[cfg(test)]
 mod mutate;
+mod proxy;
 mod refresher;
 mod shm;
 mod snapshot;
 mod stats;
 mod table;
+mod tls;
 
 // The host symbols reference the C shim, which only the cdylib links (see build.rs); a bench
 // binary links the rlib and must not pull them in.

@@ -19,6 +19,8 @@ pub enum Level {
 
 static HOST: AtomicPtr<apiban_host> = AtomicPtr::new(std::ptr::null_mut());
 static SECRET: OnceLock<String> = OnceLock::new();
+/// The proxy's password, redacted like the key.
+static PROXY_PASSWORD: OnceLock<String> = OnceLock::new();
 
 /// Installs the host callbacks. The pointer must stay valid for the life of the process (the
 /// shims pass a static table).
@@ -39,10 +41,22 @@ pub fn set_secret(key: &str) {
     }
 }
 
+/// Registers the proxy's password: from now on it is replaced by `***` in every message, however
+/// short (a password is never text a message would otherwise hold).
+pub fn set_proxy_password(password: &str) {
+    if !password.is_empty() {
+        let _ = PROXY_PASSWORD.set(password.to_string());
+    }
+}
+
 pub fn redact(text: &str) -> String {
-    match SECRET.get() {
+    let text = match SECRET.get() {
         Some(k) if text.contains(k.as_str()) => text.replace(k.as_str(), "***"),
         _ => text.to_string(),
+    };
+    match PROXY_PASSWORD.get() {
+        Some(p) if text.contains(p.as_str()) => text.replace(p.as_str(), "***"),
+        _ => text,
     }
 }
 

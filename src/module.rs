@@ -55,6 +55,9 @@ pub fn init() -> Result<(), String> {
     let cfg = PARAMS.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
     let settings = cfg.finish(phys_mem())?;
     crate::log::set_secret(&settings.key);
+    if let Some(pw) = settings.cfg.proxy.as_ref().and_then(|p| p.password()) {
+        crate::log::set_proxy_password(pw);
+    }
     let max = settings.cfg.max_entries;
     let table = Table::new(max).map_err(|e| {
         format!("parameter 'max_entries': cannot reserve shared memory for {max} entries: {e}")

@@ -8,7 +8,7 @@
 //! backoff; the published table is never touched by a failure.
 
 use crate::addr::Key;
-use crate::feed::{ApiVersion, Batch, Feed, FeedError, START_ID};
+use crate::feed::{ApiVersion, Batch, Feed, FeedError, Net, START_ID};
 use crate::log::{log_err, log_info, log_warn};
 use crate::module::{split_live, unix_now, Module};
 use crate::snapshot::{self, Snapshot};
@@ -181,7 +181,7 @@ impl<'l> Refresher<'l> {
     fn new(m: &'static Module, limiter: &'l mut RateLimiter) -> Refresher<'l> {
         let cfg = &m.settings.cfg;
         let version = if cfg.api_version == 1 { ApiVersion::V1 } else { ApiVersion::V2 };
-        let feed = Feed::new(&cfg.url, &m.settings.key, version, &cfg.set, Duration::from_secs(cfg.timeout));
+        let feed = Feed::new(&cfg.url, &m.settings.key, version, &cfg.set, Duration::from_secs(cfg.timeout), &Net::for_config(cfg));
         let mut r = Refresher {
             m,
             feed,

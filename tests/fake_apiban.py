@@ -9,7 +9,9 @@ entries, oldest first; HTTP 400 {"ipaddress":["no new bans"],"ID":"none"} when n
 
 Command line:
   python3 tests/fake_apiban.py [--port N] [--key KEY] [--count N] [--ips a,b,c] [--batch 250] [--verbose]
-  Prints "READY <port>" once listening on 127.0.0.1; SIGTERM/SIGINT stop it.
+                               [--tls-cert CERT.pem --tls-key KEY.pem]
+  Prints "READY <port>" once listening on 127.0.0.1; SIGTERM/SIGINT stop it. With --tls-cert and
+  --tls-key it speaks HTTPS only, with that certificate.
 
 Control (same port, no key, JSON in/out):
   POST /_control/add {"ips":[...]}       POST /_control/set {"ips":[...]} or {"count":N}  (both: "listed_at":T)
@@ -24,6 +26,9 @@ From Python:
   newest entry: IDs only grow). srv.set_fault(mode, times=K, after=N): the first N API requests are
   served normally, the K after them get the fault; only_id=ID limits a fault to requests for that ID.
   srv.stats()["ids"] and ["times"]: the IDs asked for and when (Unix time), in order (last 1000).
+  FakeApiban(tls=(cert_file, key_file)): HTTPS; srv.url says https://. A handshake the client
+  refuses is counted in stats()["tls_failures"], its alert in ["last_tls_error"] (e.g.
+  "... alert unknown ca"). stats()["last_via"]: the Via header of the last API request (a proxy's).
 """
 import argparse
 import bisect
@@ -32,6 +37,7 @@ import json
 import re
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -74,6 +80,24 @@ def jbytes(obj):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True  # SO_REUSEADDR: stop() then start() on the same port works
+    tls = None  # an ssl.SSLContext: HTTPS
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        if self.tls is None:
+            return sock, addr
+        # The handshake happens in the connection's own thread (_Handler.setup): a client that
+        # refuses the certificate, or says nothing, holds up no other connection.
+        return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request, client_address):
+        # A client that refuses our certificate ends the handshake with an alert: counted, not a
+        # traceback on the test's stderr.
+        e = sys.exc_info()[1]
+        if isinstance(e, (ssl.SSLError, ConnectionError, TimeoutError)):
+            self.fake._tls_failed(e)
+        else:
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -90,6 +114,8 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self):
         super().setup()
         self.api_requests = 0  # on this connection
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()
         self.fake._track(self.connection, True)
 
     def finish(self):
@@ -196,7 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
                 idv, setname = body.get("id"), body.get("set")
         elif method == "GET" and m:  # v1: key in the path, ID optional
             key, idv = unquote(m.group(1)), (m.group(2) or None)
-        f._record(path, auth, body, setname, key, idv)
+        f._record(path, auth, body, setname, key, idv, via=self.headers.get("Via"))
         if not (m or path.rstrip("/") == "/api/get") or (m and method != "GET"):
             return self._send(404, {"ipaddress": "not found", "ID": "none"})
         if not key or (f.key is not None and key != f.key):
@@ -300,9 +326,13 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeApiban:
     """The fake server. Thread-safe; all list/fault/stats methods work while running."""
 
-    def __init__(self, port=0, key=None, count=0, ips=(), batch=250, verbose=False, first_request_delay=0.0,
+    def __init__(self, port=0, key=None, count=0, ips=(), batch=250, verbose=False, tls=None, first_request_delay=0.0,
                  requests_per_connection=0, rate_limit=None):
         self.port, self.key, self.batch, self.verbose = port, key or None, int(batch), verbose
+        self.tls = None
+        if tls:
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(*tls)
         # Arrival timing, as a real server sees it: the first request of each connection arrives
         # first_request_delay seconds late; a connection closes after requests_per_connection
         # requests (0: never); rate_limit (MAX, WINDOW_S) answers 429 to an arrival that makes
@@ -327,7 +357,7 @@ class FakeApiban:
             return self
         self._stop_evt = threading.Event()
         srv = _Server(("127.0.0.1", self.port), _Handler)
-        srv.fake = self
+        srv.fake, srv.tls = self, self.tls
         self._server, self.port = srv, srv.server_address[1]
         self._thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="fake-apiban", daemon=True)
@@ -359,7 +389,7 @@ class FakeApiban:
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def _track(self, conn, add):
         with self._lock:
@@ -446,11 +476,18 @@ class FakeApiban:
         with self._lock:
             self._stats = {"requests": 0, "by_path": {}, "last_auth": None, "last_body": None,
                            "last_set": None, "last_key": None, "last_id": None, "faults_served": 0,
-                           "ids": [], "times": []}
+                           "ids": [], "times": [], "tls_failures": 0, "last_tls_error": None,
+                           "last_via": None}
 
-    def _record(self, path, auth, body, setname, key, idv):
+    def _tls_failed(self, e):
+        with self._lock:
+            self._stats["tls_failures"] += 1
+            self._stats["last_tls_error"] = str(e)
+
+    def _record(self, path, auth, body, setname, key, idv, via=None):
         with self._lock:
             s = self._stats
+            s["last_via"] = via
             s["requests"] += 1
             s["by_path"][path] = s["by_path"].get(path, 0) + 1
             s.update(last_auth=auth, last_body=body, last_set=setname, last_key=key, last_id=idv)
@@ -488,9 +525,14 @@ def main(argv=None):
     ap.add_argument("--ips", default="", help="comma-separated addresses, listed first")
     ap.add_argument("--batch", type=int, default=250, help="max addresses per reply")
     ap.add_argument("--verbose", action="store_true", help="log each request to stderr")
+    ap.add_argument("--tls-cert", default=None, help="PEM certificate (chain): serve HTTPS")
+    ap.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     a = ap.parse_args(argv)
+    if bool(a.tls_cert) != bool(a.tls_key):
+        ap.error("--tls-cert and --tls-key go together")
     ips = [x.strip() for x in a.ips.split(",") if x.strip()]
-    srv = FakeApiban(a.port, a.key, a.count, ips, a.batch, a.verbose).start()
+    tls = (a.tls_cert, a.tls_key) if a.tls_cert else None
+    srv = FakeApiban(a.port, a.key, a.count, ips, a.batch, a.verbose, tls=tls).start()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"READY {srv.port}", flush=True)
     try:

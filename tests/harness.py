@@ -217,7 +217,6 @@ class Kamailio(SipServer):
         self.cfg = os.path.join(tmp, "kamailio.cfg")
         write_text(self.cfg, text)
         self.proc = None
-        self.env = None  # the server's environment, when a test needs one of its own
 
     def args(self):
         a = [KAMAILIO, "-f", self.cfg, "-DD", "-E", "-Y", self.run_dir, "-w", self.run_dir, "-m", "64", "-M", "8"]
@@ -225,8 +224,9 @@ class Kamailio(SipServer):
             a += ["-A", f"{k}={v}" if v is not None else k]
         return a
 
-    def start(self, wait=True):
-        self.proc = Proc(self.args(), self.log_path, env=self.env)
+    def start(self, wait=True, env=None):
+        """env: the server's environment, when not this process's (e.g. SSL_CERT_FILE)."""
+        self.proc = Proc(self.args(), self.log_path, env=env)
         if wait:
             wait_until(lambda: self.rpc_ok("core.version") or not self.proc.alive(), timeout=15,
                        what="kamailio's ctl socket")

@@ -20,8 +20,7 @@ def start(tmp, feed, interval=1, rate_limit=None, modparams=(), env=None):
     if rate_limit:
         defines["APIBAN_RATE_LIMIT"] = f'"{rate_limit}"'
     kam = Kamailio(tmp, feed.url, key=KEY, defines=defines, modparams=modparams, module=KAMAILIO_MODULE)
-    kam.env = env
-    return kam.start()
+    return kam.start(env=env)
 
 
 class RateLimitAsTheFeedCounts(unittest.TestCase):
