@@ -374,15 +374,17 @@ class FeedFaults(FeedFaultCase):
 
     def test_invalid_addresses_are_skipped_and_counted(self):
         new = self.fresh_ip()
+        # Baselines of this test: the class's earlier tests count faults and skipped tokens too.
+        skipped0, served0 = self.kam.stats()["skipped"], self.feed.stats()["faults_served"]
         self.pull_brings("invalid_addresses", [new])  # 4 junk tokens in every reply
         self.feed.clear_fault()
         # Exactly 4 per faulted reply: once the fault is cleared no more junk comes, and a pull
         # that had junk adds it to `skipped` when it ends.
-        served = self.feed.stats()["faults_served"]
+        served = self.feed.stats()["faults_served"] - served0
         self.assertGreater(served, 0)
-        s = wait_until(lambda: (lambda s: s if s["skipped"] - self.s0["skipped"] == 4 * served else None)(self.kam.stats()),
+        s = wait_until(lambda: (lambda s: s if s["skipped"] - skipped0 == 4 * served else None)(self.kam.stats()),
                        timeout=15, what=f"skipped to grow by exactly {4 * served}")
-        self.assertEqual(s["skipped"] - self.s0["skipped"], 4 * served)
+        self.assertEqual(s["skipped"] - skipped0, 4 * served)
         self.assertEqual(self.check("1.2.3.4"), "not listed")  # from the junk "1.2.3.4/24"
         self.assertRegex(self.kam.log(), r"sync done \(reload\): [01] added, 0 expired, [1-9]\d* skipped")
         self.assert_sip(refused=[new])
