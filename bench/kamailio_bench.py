@@ -12,7 +12,8 @@ PART is any of: load callgrind throughput reload (default: all). Each part write
   the resident size of its table mapping, /proc/<refresher>/smaps).
 - callgrind: instructions per SIP request under callgrind with -x tlsf, for each check of
   bench/callgrind.cfg, and the module's inclusive cost per call of its script functions.
-- throughput: sipp at its maximum rate against the sample config with and without the check.
+- throughput: sipp at its maximum rate against the sample config with and without the check, in
+  alternated rounds, under TLSF; then the same pair and a control under Kamailio's default qm.
 - reload: SIP round-trip times at a fixed rate while the table is replaced every second, and
   without replacements, in alternating rounds.
 
@@ -172,16 +173,50 @@ def table_mapping_size(max_entries):
 
 # ---- servers ------------------------------------------------------------------------------------
 
-def module_server(tmp, feed, module, extra_defines=None, modparams=(), cfg_text=None):
+class BenchKamailio(Kamailio):
+    """Kamailio with its memory manager chosen (-x: shm, and pkg with it), or its default (qm).
+
+    Why it matters: with qm, Kamailio's default, a malloc walks the free lists' hash buckets from the
+    size asked for up to the first bucket holding a fragment large enough, and after start-up a
+    worker's pkg memory is a few fragments, one of them huge; how far each of a request's mallocs
+    walks depends on the sizes of the fragments the config's own parsing and fixups left behind.
+    Two configs that differ by one block then spend several microseconds apart per request for
+    reasons unrelated to what the block does at run time. TLSF finds a fragment in constant time."""
+
+    def __init__(self, *a, alloc=None, **kw):
+        super().__init__(*a, **kw)
+        self.alloc = alloc
+
+    def args(self):
+        return super().args() + (["-x", self.alloc] if self.alloc else [])
+
+
+def module_server(tmp, feed, module, extra_defines=None, modparams=(), cfg_text=None, alloc=None):
     d = {"APIBAN_RATE_LIMIT": '"100000/1"', "APIBAN_INTERVAL": "300"}
     d.update(extra_defines or {})
     mp = [("api_version", "1")] + list(modparams)
-    return Kamailio(tmp, feed.url, key=KEY, defines=d, modparams=mp, module=module, cfg_text=cfg_text)
+    return BenchKamailio(tmp, feed.url, key=KEY, defines=d, modparams=mp, module=module, cfg_text=cfg_text,
+                         alloc=alloc)
 
 
-def script_server(tmp, feed, module):
+def script_server(tmp, feed, module, alloc=None):
     # The module file is copied but not loaded by this config: the same mpath either way.
-    return Kamailio(tmp, feed.url, key=KEY, cfg_text=read_text(SCRIPT_CFG), module=module)
+    return BenchKamailio(tmp, feed.url, key=KEY, cfg_text=read_text(SCRIPT_CFG), module=module, alloc=alloc)
+
+
+def worker_pids(kam):
+    """The SIP workers (UDP receivers) of a server, from core.psx."""
+    return [pid for d, pid in ps(kam).items() if d.startswith("udp receiver")]
+
+
+def cpu_of_pids(pids):
+    """CPU seconds (schedstat, every thread) of the given processes."""
+    ns = 0
+    for pid in pids:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                ns += int(f.read().split()[0])
+    return ns / 1e9
 
 
 # ---- 3a. load: wall time, CPU, memory ------------------------------------------------------------
@@ -295,9 +330,9 @@ def part_load(args, out):
 
 # ---- 3b. callgrind -----------------------------------------------------------------------------
 
-class CallgrindKamailio(Kamailio):
+class CallgrindKamailio(BenchKamailio):
     def __init__(self, *a, outdir, **kw):
-        super().__init__(*a, **kw)
+        super().__init__(*a, alloc="tlsf", **kw)
         self.outdir = outdir
 
     def args(self):
@@ -305,7 +340,7 @@ class CallgrindKamailio(Kamailio):
         # profile per request. (callgrind_control cannot reach the forked children here.)
         vg = ["valgrind", "--tool=callgrind", "--collect-atstart=no", "--toggle-collect=receive_msg",
               "--dump-after=receive_msg", f"--callgrind-out-file={self.outdir}/callgrind.out.%p"]
-        return vg + super().args() + ["-x", "tlsf"]
+        return vg + super().args()
 
     def start(self, wait=True):
         self.proc = Proc(self.args(), self.log_path)
@@ -519,45 +554,109 @@ def sipp_max(port, calls, cwd):
     return done / wall, int(failed.group(1)) if failed else 0
 
 
+def alternate(servers, rounds, calls):
+    """sipp rounds against each server in turn, forward then backward (A B C, C B A, ...), so that a
+    drift of the neighbours' load weighs alike on each and the first two are always measured one
+    right after the other. Per server and round: requests per second, and the CPU its SIP workers
+    spent per request (sipp, not Kamailio, is what saturates first on two cores)."""
+    for label, kam, t in servers:
+        sipp_max(kam.port, min(calls, 2000), t)  # warm-up
+    pids = {label: worker_pids(kam) for label, kam, _ in servers}
+    res = {"rates": {label: [] for label, _, _ in servers}, "cpu_us": {label: [] for label, _, _ in servers},
+           "failed": 0, "loadavg": []}
+    for i in range(rounds):
+        for label, kam, t in (servers if i % 2 == 0 else servers[::-1]):
+            c0 = cpu_of_pids(pids[label])
+            rate, failed = sipp_max(kam.port, calls, t)
+            c1 = cpu_of_pids(pids[label])
+            res["rates"][label].append(rate)
+            res["cpu_us"][label].append((c1 - c0) / calls * 1e6)
+            res["failed"] += failed
+            log(f"throughput {label}: {rate:.0f} requests/s, workers {(c1 - c0) / calls * 1e6:.2f} µs/request")
+        res["loadavg"].append(loadavg())
+    return res
+
+
+def paired(a, b, op):
+    """op(a[i], b[i]) for the rounds measured one after the other; their median, quartiles and range."""
+    v = [op(x, y) for x, y in zip(a, b)]
+    q1, _, q3 = statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 else (v[0], v[0], v[0])
+    return {"rounds": v, "median": statistics.median(v), "q1": q1, "q3": q3, "min": min(v), "max": max(v)}
+
+
 def part_throughput(args, out):
+    """The sample config with and without its apiban_check() block, same module loaded in both,
+    under TLSF (as the callgrind part), in alternated rounds; the script approach beside them. Then
+    the same pair and a control under Kamailio's default allocator (qm), which is what made the
+    benchmark's "with" server slower before: see BenchKamailio."""
     n = 1000 if args.tiny else 20000
-    calls = 3000 if args.tiny else 30000
-    rounds = 1 if args.tiny else 5
+    calls = 3000 if args.tiny else 20000
+    # Under the neighbours' load one round's ratio scatters by several percent either way; 30
+    # pairs keep the median's own uncertainty near a percent (16 moved it from 98 % to 102 %).
+    rounds = 2 if args.tiny else 30
+    qm_calls = 1000 if args.tiny else 20000
+    qm_rounds = 1 if args.tiny else 4
     sample = read_text(KAMAILIO_CFG)
-    res = {"n": n, "calls_per_run": calls, "rounds": rounds, "on": [], "off": [], "script": [], "failed": 0}
-    with FakeApiban(key=KEY, count=n) as feed, TempDir("bench-tput-on") as t_on, \
-            TempDir("bench-tput-off") as t_off, TempDir("bench-tput-script") as t_script:
-        on = module_server(t_on, feed, args.module, cfg_text=strip_checks(sample, True)).start()
-        off = module_server(t_off, feed, args.module, cfg_text=strip_checks(sample, False)).start()
-        script = script_server(t_script, feed, args.module).start()
-        try:
-            on.wait_synced(entries=n)
-            off.wait_synced(entries=n)
-            off_log = log_size(script)
-            script.kamcmd("htable.seti", "apibanctl", "go", "1")
-            wait_log(script, rf"APIBAN: load done: loaded={n} ", off_log, timeout=600)
-            servers = [("on", on, t_on), ("off", off, t_off), ("script", script, t_script)]
-            for label, kam, t in servers:
-                sipp_max(kam.port, min(calls, 2000), t)  # warm-up
-            for i in range(rounds):
-                # Rotate the order so that a neighbour's load weighs on each alike.
-                for label, kam, t in servers[i % 3:] + servers[:i % 3]:
-                    rate, failed = sipp_max(kam.port, calls, t)
-                    res[label].append(rate)
-                    res["failed"] += failed
-                    log(f"throughput {label}: {rate:.0f} requests/s")
-            checks = on.stats()["checks"]
-        finally:
-            on.stop()
-            off.stop()
-            script.stop()
-    if checks < calls * rounds:
-        raise AssertionError(f"the check ran {checks} times for {calls * rounds} requests")
-    res["on_median"] = statistics.median(res["on"])
-    res["off_median"] = statistics.median(res["off"])
-    res["script_median"] = statistics.median(res["script"])
-    res["ratio"] = res["on_median"] / res["off_median"]
-    res["script_ratio"] = res["script_median"] / res["off_median"]
+    on_cfg, off_cfg = strip_checks(sample, True), strip_checks(sample, False)
+    # The control: the "without" config plus a route that is never called, holding the check
+    # block's xdbg(): nothing more runs per request, only the start-up allocations differ.
+    xdbg = re.search(r"^[ \t]*xdbg\(.*\);\n", on_cfg, re.M)
+    if not xdbg or xdbg.group(0) in off_cfg:
+        raise AssertionError("the sample config's check block has no xdbg() of its own")
+    ctl_cfg = off_cfg + "\nroute[BENCH_NEVER_CALLED] {\n" + xdbg.group(0) + "}\n"
+    res = {"n": n, "calls_per_run": calls, "rounds": rounds, "alloc": "tlsf"}
+    with FakeApiban(key=KEY, count=n) as feed:
+        with TempDir("bench-tput-on") as t_on, TempDir("bench-tput-off") as t_off, \
+                TempDir("bench-tput-script") as t_script:
+            on = module_server(t_on, feed, args.module, cfg_text=on_cfg, alloc="tlsf")
+            off = module_server(t_off, feed, args.module, cfg_text=off_cfg, alloc="tlsf")
+            script = script_server(t_script, feed, args.module, alloc="tlsf")
+            try:
+                for kam in (on, off, script):
+                    kam.start()
+                on.wait_synced(entries=n)
+                off.wait_synced(entries=n)
+                off_log = log_size(script)
+                script.kamcmd("htable.seti", "apibanctl", "go", "1")
+                wait_log(script, rf"APIBAN: load done: loaded={n} ", off_log, timeout=600)
+                m = alternate([("on", on, t_on), ("off", off, t_off), ("script", script, t_script)], rounds, calls)
+                checks = on.stats()["checks"]
+            finally:
+                for kam in (on, off, script):
+                    kam.stop()
+        if checks < calls * rounds:
+            raise AssertionError(f"the check ran {checks} times for {calls * rounds} requests")
+        with TempDir("bench-tput-qm-on") as q_on, TempDir("bench-tput-qm-off") as q_off, \
+                TempDir("bench-tput-qm-ctl") as q_ctl:
+            servers = [("on", module_server(q_on, feed, args.module, cfg_text=on_cfg), q_on),
+                       ("off", module_server(q_off, feed, args.module, cfg_text=off_cfg), q_off),
+                       ("off_never_called_xdbg", module_server(q_ctl, feed, args.module, cfg_text=ctl_cfg), q_ctl)]
+            try:
+                for _, kam, _ in servers:
+                    kam.start()
+                for _, kam, _ in servers:
+                    kam.wait_synced(entries=n)
+                q = alternate(servers, qm_rounds, qm_calls)
+            finally:
+                for _, kam, _ in servers:
+                    kam.stop()
+    for label in ("on", "off", "script"):
+        res[label] = m["rates"][label]
+        res[f"{label}_median"] = statistics.median(m["rates"][label])
+        res[f"{label}_cpu_us"] = m["cpu_us"][label]
+        res[f"{label}_cpu_us_median"] = statistics.median(m["cpu_us"][label])
+    res["failed"] = m["failed"]
+    res["loadavg"] = m["loadavg"]
+    # The figure: the ratio of each round's pair (measured back to back), its median and range.
+    res["ratios"] = paired(m["rates"]["on"], m["rates"]["off"], lambda a, b: a / b)
+    res["ratio"] = res["ratios"]["median"]
+    res["script_ratios"] = paired(m["rates"]["script"], m["rates"]["off"], lambda a, b: a / b)
+    res["script_ratio"] = res["script_ratios"]["median"]
+    res["cpu_added_us"] = paired(m["cpu_us"]["on"], m["cpu_us"]["off"], lambda a, b: a - b)
+    res["qm"] = {"calls_per_run": qm_calls, "rounds": qm_rounds, "failed": q["failed"], "loadavg": q["loadavg"]}
+    for label in q["rates"]:
+        res["qm"][label] = {"rates": q["rates"][label], "rate_median": statistics.median(q["rates"][label]),
+                            "cpu_us": q["cpu_us"][label], "cpu_us_median": statistics.median(q["cpu_us"][label])}
     out["throughput"] = res
 
 
