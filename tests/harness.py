@@ -22,11 +22,41 @@ sys.path.insert(0, TESTS)
 
 from fake_apiban import FakeApiban  # noqa: E402  (re-exported for the tests)
 
-KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
-KAMCMD = shutil.which("kamcmd") or "/usr/sbin/kamcmd"
-KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
-KAMAILIO_MODULE = os.path.join(REPO, "target", "release", "libapiban.so")
+
+def _multiarch():
+    try:
+        return subprocess.run(["dpkg-architecture", "-qDEB_HOST_MULTIARCH"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "x86_64-linux-gnu"
+
+
+# The server under test comes from the environment, defaulting to Debian's package; scripts/test.sh
+# runs the Kamailio suites a second time with these pointing at the 6.0 of
+# scripts/build-kamailio-6.0.sh:
+#   KAMAILIO_BIN          the kamailio binary (default: kamailio on PATH, else /usr/sbin/kamailio)
+#   KAMCMD_BIN            its kamcmd (default: kamcmd on PATH, else /usr/sbin/kamcmd)
+#   KAMAILIO_MODULES_DIR  its module directory (default: Debian's /usr/lib/<multiarch>/kamailio/modules)
+#   APIBAN_MODULE         the apiban module built for it (default: $CARGO_TARGET_DIR/release/libapiban.so,
+#                         CARGO_TARGET_DIR defaulting to target/ in the repository)
+PACKAGED_KAMAILIO = "/usr/sbin/kamailio"
+KAMAILIO = os.environ.get("KAMAILIO_BIN") or shutil.which("kamailio") or PACKAGED_KAMAILIO
+KAMCMD = os.environ.get("KAMCMD_BIN") or shutil.which("kamcmd") or "/usr/sbin/kamcmd"
+DEBIAN_MODULES = f"/usr/lib/{_multiarch()}/kamailio/modules"
+KAMAILIO_MODULES = os.environ.get("KAMAILIO_MODULES_DIR") or DEBIAN_MODULES
+TARGET_DIR = os.path.join(REPO, os.environ.get("CARGO_TARGET_DIR") or "target")  # join keeps an absolute one
+KAMAILIO_MODULE = os.environ.get("APIBAN_MODULE") or os.path.join(TARGET_DIR, "release", "libapiban.so")
 KAMAILIO_CFG = os.path.join(REPO, "kamailio-cfg", "kamailio.cfg")
+
+
+def packaged_kamailio():
+    """None when the server under test is Debian's packaged kamailio, else why it is not: the
+    package and `make install` tests need that one (they install into its module directory)."""
+    if os.path.realpath(KAMAILIO) != PACKAGED_KAMAILIO:
+        return f"the server under test is {KAMAILIO} (KAMAILIO_BIN), not Debian's packaged {PACKAGED_KAMAILIO}"
+    if KAMAILIO_MODULES != DEBIAN_MODULES:
+        return f"the module directory is {KAMAILIO_MODULES} (KAMAILIO_MODULES_DIR), not Debian's {DEBIAN_MODULES}"
+    return None
 
 
 def read_text(path):
@@ -170,7 +200,7 @@ class SipServer:
 
 
 class Kamailio(SipServer):
-    """Debian's kamailio with the sample config (or a variant of it) and our module."""
+    """The kamailio under test (KAMAILIO_BIN) with the sample config (or a variant of it) and our module."""
 
     def __init__(self, tmp, feed_url, key="test-key-4242", defines=None, modparams=(), extra_cfg="",
                  cfg_text=None, module=KAMAILIO_MODULE):

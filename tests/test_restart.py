@@ -13,7 +13,7 @@ import unittest
 
 from harness import KAMAILIO_MODULE, FakeApiban, Kamailio, TempDir, parse_kamcmd_struct, wait_until
 
-MODULE = os.environ.get("APIBAN_MODULE", KAMAILIO_MODULE)
+MODULE = KAMAILIO_MODULE  # APIBAN_MODULE, see harness.py
 KEY = "k-restart-S3CRET-0123456789"
 LISTED = "127.0.0.66"
 LISTED6 = "2001:db8::66"
