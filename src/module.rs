@@ -66,6 +66,11 @@ pub fn init() -> Result<(), String> {
 
     let mut initial = None;
     if let Some(path) = &settings.cfg.snapshot_file {
+        // A warning, not a refusal to start: blocking works without a snapshot; only a restart
+        // while APIBAN is unreachable would then start empty.
+        if let Err(e) = snapshot::check_dir(path) {
+            log_warn!("parameter 'snapshot_file': {e}");
+        }
         match snapshot::load(path, max) {
             Ok(s) => {
                 let (v4, v6) = split_live(&s.entries, settings.cfg.ttl, now, max);

@@ -6,6 +6,7 @@ is a shell shim whose PID is not the interpreter's.
 """
 
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -172,6 +173,14 @@ def parse_kamcmd_struct(text):
     return out
 
 
+def give_to(path, user):
+    """chown -R path to user and the user's primary group."""
+    pw = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        for name in [root] + [os.path.join(root, n) for n in dirs + files]:
+            os.chown(name, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
+
+
 class SipServer:
     """What the Kamailio and OpenSIPS test servers share; subclasses set port, log_path, cfg
     and stats()."""
@@ -203,8 +212,11 @@ class Kamailio(SipServer):
     """The kamailio under test (KAMAILIO_BIN) with the sample config (or a variant of it) and our module."""
 
     def __init__(self, tmp, feed_url, key="test-key-4242", defines=None, modparams=(), extra_cfg="",
-                 cfg_text=None, module=KAMAILIO_MODULE):
+                 cfg_text=None, module=KAMAILIO_MODULE, run_as=None):
+        """run_as: a user name; the server then starts as Debian's kamailio.service starts it, as that
+        user from its first instruction (`runuser -u USER -- kamailio ...`), and `tmp` is given to it."""
         self.tmp = tmp
+        self.run_as = run_as
         self.port = free_port()
         self.run_dir = os.path.join(tmp, "run")
         os.makedirs(self.run_dir, exist_ok=True)
@@ -234,9 +246,13 @@ class Kamailio(SipServer):
         self.cfg = os.path.join(tmp, "kamailio.cfg")
         write_text(self.cfg, text)
         self.proc = None
+        if run_as:
+            give_to(tmp, run_as)
 
     def args(self):
-        a = [KAMAILIO, "-f", self.cfg, "-DD", "-E", "-Y", self.run_dir, "-w", self.run_dir, "-m", "64", "-M", "8"]
+        # runuser forwards SIGTERM to kamailio and waits for it, so stopping its PID stops the server.
+        a = ["runuser", "-u", self.run_as, "--"] if self.run_as else []
+        a += [KAMAILIO, "-f", self.cfg, "-DD", "-E", "-Y", self.run_dir, "-w", self.run_dir, "-m", "64", "-M", "8"]
         for k, v in self.defines.items():
             a += ["-A", f"{k}={v}" if v is not None else k]
         return a
