@@ -5,9 +5,9 @@
 #   - a deb-src line for trixie in a sources file of its own (source only: no trixie binary package
 #     can be installed or preferred through it, so the machine stays a Debian 12 machine);
 #   - `apt-get source kamailio/trixie`, unpacked at $KAMAILIO60_SRC (outside the repository);
-#   - configured by Debian 13's own debian/rules (its configure-stamp target, which runs `make cfg`
-#     with Debian's prefix, flavour, groups and dpkg-buildflags), so src/config.mak holds the defines
-#     Debian 13's binary package is compiled with and build.rs can build the module against the tree;
+#   - configured by Debian 13's own debian/rules (scripts/debian-source.sh), so src/config.mak holds
+#     the defines Debian 13's binary package is compiled with and build.rs can build the module
+#     against the tree;
 #   - only the core, kamcmd and the modules the tests load (sl pv xlog ctl kex tm xhttp xhttp_prom,
 #     and app_lua as the KEMI engine), build dependencies from Debian 12;
 #   - installed under $KAMAILIO60_ROOT as Debian's package lays it out: usr/sbin/kamailio,
@@ -22,6 +22,7 @@
 #
 # `eval "$(bash scripts/build-kamailio-6.0.sh --env)"` sets them (the build's own output goes to stderr).
 set -euo pipefail
+source "$(dirname "$0")/debian-source.sh"
 
 KAMAILIO60_SRC=${KAMAILIO60_SRC:-/usr/local/src/kamailio-6.0}
 KAMAILIO60_ROOT=${KAMAILIO60_ROOT:-/usr/local/kamailio-6.0}
@@ -59,7 +60,8 @@ check_installed() {
         [[ -f $MODDIR/$m.so ]] || { say "$MODDIR/$m.so missing"; return 1; }
     done
     [[ -f $KAMAILIO60_SRC/src/config.mak ]] || { say "$KAMAILIO60_SRC is not configured"; return 1; }
-    say "ok: $v ($(cut -d' ' -f1 "$STAMP") from Debian $SUITE), tree at $KAMAILIO60_SRC, installed under $KAMAILIO60_ROOT"
+    say "ok: $v ($(cut -d' ' -f1 "$STAMP") from Debian $SUITE), tree at $KAMAILIO60_SRC," \
+        "installed under $KAMAILIO60_ROOT"
 }
 
 [[ $(id -u) == 0 ]] || die "run as root: it adds an apt source, installs build dependencies and writes under /usr/local"
@@ -111,43 +113,22 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# 3. The source package. The registry this machine reaches does not serve the upstream signature
-# (kamailio_6.0.1.orig.tar.gz.asc: 404), which makes `apt-get source` give up before unpacking.
-# apt has checked every file it did fetch against the signed Sources index; dpkg-source then checks
-# them against the .dsc. So: fetch, drop the unavailable signature from the .dsc, unpack.
-parent=$(dirname "$KAMAILIO60_SRC")
-mkdir -p "$parent"
-work=$(mktemp -d "$parent/.kamailio-6.0.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-(cd "$work" && apt-get source -qq --download-only "kamailio/$SUITE" >/dev/null 2>&1) || true
-[[ -f $work/$dsc ]] || die "apt-get source kamailio/$SUITE fetched no $dsc"
-for f in $(awk '/^Checksums-Sha256:/{s=1;next} /^[^ ]/{s=0} s&&NF==3{print $3}' "$work/$dsc"); do
-    if [[ ! -f $work/$f ]]; then
-        [[ $f == *.asc ]] || die "apt-get source kamailio/$SUITE did not fetch $f"
-        say "$f is not served here; unpacking without it (the tarball was checked against the signed index)"
-        sed -i "/ ${f//./\\.}\$/d" "$work/$dsc"
-    fi
-done
-(cd "$work" && dpkg-source --no-check -x "$dsc" src >/dev/null)
-rm -rf "$KAMAILIO60_SRC"
-mv "$work/src" "$KAMAILIO60_SRC"
-echo "$version" > "$KAMAILIO60_SRC/.apiban-debian-version"
+# 3. The source package, unpacked, and 4. configured by Debian 13's own debian/rules.
+mkdir -p "$(dirname "$KAMAILIO60_SRC")"
+debian_source_fetch "kamailio/$SUITE" "$KAMAILIO60_SRC" || die "cannot fetch kamailio/$SUITE"
+[[ $(cat "$KAMAILIO60_SRC/.apiban-debian-version") == "$version" ]] || die "apt-get source gave another version"
+debian_source_configure "$KAMAILIO60_SRC" || die "cannot configure $KAMAILIO60_SRC"
 
-# 4. Configure as Debian 13 does: its own debian/rules, target configure-stamp (`make cfg ...` with
-# DEB_BUILD_MAINT_OPTIONS=hardening=+all, Debian's CPPFLAGS/CFLAGS/LDFLAGS and -DVERSION_NODATE).
-# A clean environment: CFLAGS or CC from the caller (cargo sets some) would change the flags.
+# 5. Build the core, the modules and kamcmd, then install them under the root. The core and the
+# modules in one make, as Debian's `make all` builds them, so that both cores stay busy.
+# compile_for_install makes the binary's built-in module path the installed one, as Debian's
+# `make install` does.
 clean_env=(env -i PATH="$PATH" HOME="$HOME" LANG=C.UTF-8)
-(cd "$KAMAILIO60_SRC" && "${clean_env[@]}" make -s -f debian/rules configure-stamp >/dev/null)
-[[ -f $KAMAILIO60_SRC/src/config.mak ]] || die "debian/rules configure-stamp wrote no src/config.mak"
-
-# 5. Build the core, kamcmd and the modules, then install them under the root. compile_for_install
-# makes the binary's built-in module path the installed one, as Debian's `make install` does.
 mods=$(printf 'modules/%s ' "${MODULES[@]}")
-jobs=$(nproc)
 (
     cd "$KAMAILIO60_SRC/src"
-    "${clean_env[@]}" make -s -j"$jobs" kamailio compile_for_install=yes quiet=silent >/dev/null
-    "${clean_env[@]}" make -s -j"$jobs" every-module modules="$mods" compile_for_install=yes quiet=silent >/dev/null
+    "${clean_env[@]}" make -s -j"$(nproc)" kamailio every-module modules="$mods" compile_for_install=yes \
+        quiet=silent >/dev/null
     "${clean_env[@]}" make -s -C ../utils/kamcmd quiet=silent >/dev/null
 )
 rm -rf "$KAMAILIO60_ROOT"
