@@ -7,6 +7,11 @@
 //!   the file `make cfg` writes (scripts/setup-debian.sh runs it the way debian/rules does).
 //! - OpenSIPS: `$(MOD_CFLAGS) $(DEFS)` as the tree's own makefiles compute them for its modules.
 //!
+//! Both hosts refuse, at load time only, a module whose version or compile flags differ from their
+//! own. So the build compares them first, with the binary that will load the module: for Kamailio
+//! `KAMAILIO_BIN` (default the `kamailio` on PATH, skipped with a warning when there is none), for
+//! OpenSIPS the binary in the tree. A difference stops the build with a message naming it.
+//!
 //! The shim objects are handed to the linker only for the cdylib (`rustc-cdylib-link-arg`): the unit
 //! test harness never links them, since they need symbols that live only in the server binary.
 
@@ -106,8 +111,7 @@ fn build_kamailio_shim() {
     flags.extend(shell_words(&make_var(&mak, "CC_EXTRA_OPTS")).into_iter().filter(|f| f.starts_with("-D")));
 
     let mut b = cc::Build::new();
-    b.file("c-shim/kamailio/apiban_mod.c")
-        .include("c-shim")
+    b.include("c-shim")
         .include(src.join("src"))
         .define("MOD_NAME", "\"apiban\"")
         .pic(true)
@@ -117,7 +121,95 @@ fn build_kamailio_shim() {
     for f in &flags {
         b.flag(f);
     }
+    check_kamailio_binary(&src, b.clone());
+    b.file("c-shim/kamailio/apiban_mod.c");
     link_shim_objects(b, "apiban_kamailio_shim");
+}
+
+/// The binary that will load the module: `KAMAILIO_BIN`, else `kamailio` on PATH, else none.
+fn kamailio_binary() -> Option<PathBuf> {
+    println!("cargo:rerun-if-env-changed=KAMAILIO_BIN");
+    if let Some(bin) = env::var_os("KAMAILIO_BIN").filter(|b| !b.is_empty()) {
+        let bin = PathBuf::from(bin);
+        if !bin.is_file() {
+            stop(&format!(
+                "KAMAILIO_BIN={} is not a file: point it at the kamailio binary that will load the module",
+                bin.display()
+            ));
+        }
+        return Some(bin);
+    }
+    println!("cargo:rerun-if-env-changed=PATH");
+    env::split_paths(&env::var_os("PATH").unwrap_or_default()).map(|d| d.join("kamailio")).find(|p| p.is_file())
+}
+
+/// Kamailio's loader compares `module_version` and `module_flags` with its own `SER_FULL_VERSION`
+/// and `SER_COMPILE_FLAGS` and refuses the module on any difference, but only when it loads it.
+/// Expand both with the tree's flags, as the shim will, and compare them with `kamailio -V` now.
+fn check_kamailio_binary(src: &Path, b: cc::Build) {
+    let Some(binary) = kamailio_binary() else {
+        println!(
+            "cargo:warning=apiban: no kamailio on PATH and KAMAILIO_BIN unset: the module's version and \
+             compile flags were not compared with a server binary (Kamailio refuses, when it loads a module, one \
+             whose version or flags differ from its own)"
+        );
+        return;
+    };
+    println!("cargo:rerun-if-changed={}", binary.display());
+    let text = version_report(&binary);
+    let (Some(bin_version), Some(bin_flags)) = (report_line(&text, "version: "), report_line(&text, "flags: ")) else {
+        stop(&format!("{} -V printed no version and flags lines: is KAMAILIO_BIN a kamailio binary?", binary.display()))
+    };
+    let [tree_version, tree_flags] = probe_strings(
+        b,
+        src,
+        "#include \"core/ver_defs.h\"\napiban_probe_version SER_FULL_VERSION\napiban_probe_flags SER_COMPILE_FLAGS\n",
+        ["apiban_probe_version", "apiban_probe_flags"],
+    );
+    let mut differences = Vec::new();
+    // -V prints SER_FULL_VERSION, then the repository hash when the tree had one ("... fce50d").
+    if !bin_version.strip_prefix(&tree_version).is_some_and(|rest| rest.is_empty() || rest.starts_with(' ')) {
+        differences.push(format!(
+            "version: the binary is '{bin_version}', the tree '{tree_version}' (\"module version mismatch\")"
+        ));
+    }
+    if bin_flags != tree_flags {
+        differences.push(format!(
+            "compile flags: {} (\"module compile flags mismatch\")",
+            flag_differences(&bin_flags, &tree_flags)
+        ));
+    }
+    if !differences.is_empty() {
+        stop(&format!(
+            "{} would refuse this module (KAMAILIO_BIN, default the kamailio on PATH): the tree at {} \
+             (KAMAILIO_SRC) differs from it in\n  - {}\nConfigure the tree as that binary was configured \
+             (Debian 12's or 13's package: scripts/setup-debian.sh; Debian 13's 6.0 on Debian 12: \
+             scripts/build-kamailio-6.0.sh), or point KAMAILIO_SRC at the tree the binary was built from, or \
+             KAMAILIO_BIN at the binary that will load the module.",
+            binary.display(),
+            src.display(),
+            differences.join("\n  - ")
+        ));
+    }
+}
+
+/// Names each flag that one list of `SER_COMPILE_FLAGS` has and the other lacks.
+fn flag_differences(binary: &str, tree: &str) -> String {
+    let split = |s: &str| s.split(',').map(str::trim).filter(|f| !f.is_empty()).map(String::from).collect::<Vec<_>>();
+    let (b, t) = (split(binary), split(tree));
+    let only = |a: &[String], z: &[String]| a.iter().filter(|f| !z.contains(f)).cloned().collect::<Vec<_>>().join(", ");
+    let (in_binary, in_tree) = (only(&b, &t), only(&t, &b));
+    let mut parts = Vec::new();
+    if !in_binary.is_empty() {
+        parts.push(format!("the binary has {in_binary}, the tree does not"));
+    }
+    if !in_tree.is_empty() {
+        parts.push(format!("the tree has {in_tree}, the binary does not"));
+    }
+    if parts.is_empty() {
+        parts.push(format!("the same flags in another order (binary: {binary}; tree: {tree})"));
+    }
+    parts.join("; ")
 }
 
 /// The value of `NAME=...` (or `NAME= ...`) in a make fragment; empty when absent.
@@ -255,38 +347,26 @@ fn opensips_flags(src: &Path) -> Vec<String> {
 /// The strings of the version gate, as the shim will embed them (the tree's headers expanded with
 /// the tree's flags), must be what the binary next to them reports: OpenSIPS refuses a module
 /// whose version, compile flags or revision differ, and exits.
-fn check_opensips_version(src: &Path, binary: &Path, mut b: cc::Build) {
-    let out = Command::new(binary)
-        .arg("-V")
-        .output()
-        .unwrap_or_else(|e| stop(&format!("cannot run {} -V: {e}", binary.display())));
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let line = |prefix: &str| text.lines().find_map(|l| l.strip_prefix(prefix)).map(|l| l.trim().to_string());
-    let bin_version = line("version: ").unwrap_or_default();
-    let bin_flags = line("flags: ").unwrap_or_default();
+fn check_opensips_version(src: &Path, binary: &Path, b: cc::Build) {
+    let text = version_report(binary);
+    let bin_version = report_line(&text, "version: ").unwrap_or_default();
+    let bin_flags = report_line(&text, "flags: ").unwrap_or_default();
     // "git revision: f9f85260e5"
     let bin_scm = text.lines().find(|l| l.contains(" revision: ")).map(|l| l.trim().to_string()).unwrap_or_default();
 
-    let probe = PathBuf::from(env::var("OUT_DIR").unwrap()).join("apiban-version-probe.c");
-    std::fs::write(
-        &probe,
+    let [tree_version, tree_flags, tree_scm] = probe_strings(
+        b,
+        src,
         "#include \"version.h\"\n\
          apiban_probe_version OPENSIPS_FULL_VERSION\n\
          apiban_probe_flags OPENSIPS_COMPILE_FLAGS\n\
          apiban_probe_scm VERSIONTYPE \" revision: \" THISREVISION\n",
-    )
-    .unwrap();
-    let expanded = match b.file(&probe).cargo_warnings(false).try_expand() {
-        Ok(out) => String::from_utf8_lossy(&out).to_string(),
-        Err(e) => stop(&format!("cannot preprocess {}/version.h with the tree's flags: {e}", src.display())),
-    };
-    let probe_line = |marker: &str| {
-        expanded.lines().find_map(|l| l.trim().strip_prefix(marker)).map(c_string_literals).unwrap_or_default()
-    };
+        ["apiban_probe_version", "apiban_probe_flags", "apiban_probe_scm"],
+    );
     let checks = [
-        ("version", bin_version, probe_line("apiban_probe_version")),
-        ("compile flags", bin_flags, probe_line("apiban_probe_flags")),
-        ("revision", bin_scm, probe_line("apiban_probe_scm")),
+        ("version", bin_version, tree_version),
+        ("compile flags", bin_flags, tree_flags),
+        ("revision", bin_scm, tree_scm),
     ];
     for (what, bin, tree) in checks {
         if bin.is_empty() || bin != tree {
@@ -298,6 +378,39 @@ fn check_opensips_version(src: &Path, binary: &Path, mut b: cc::Build) {
             ));
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Both hosts
+
+/// What `<binary> -V` prints (stdout and stderr).
+fn version_report(binary: &Path) -> String {
+    let out = Command::new(binary)
+        .arg("-V")
+        .output()
+        .unwrap_or_else(|e| stop(&format!("cannot run {} -V: {e}", binary.display())));
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// The rest of the report's line that starts with `prefix`, trimmed.
+fn report_line(text: &str, prefix: &str) -> Option<String> {
+    text.lines().find_map(|l| l.strip_prefix(prefix)).map(|l| l.trim().to_string())
+}
+
+/// The strings a probe file gives after each marker, preprocessed with the shim's own flags: what
+/// the host's version macros expand to in the module, e.g. `marker MACRO` -> the macro's string.
+fn probe_strings<const N: usize>(mut b: cc::Build, src: &Path, probe_text: &str, markers: [&str; N]) -> [String; N] {
+    let probe = PathBuf::from(env::var("OUT_DIR").unwrap()).join("apiban-version-probe.c");
+    std::fs::write(&probe, probe_text).unwrap();
+    let expanded = match b.file(&probe).cargo_warnings(false).try_expand() {
+        Ok(out) => String::from_utf8_lossy(&out).to_string(),
+        Err(e) => {
+            stop(&format!("cannot preprocess the version headers of {} with the tree's flags: {e}", src.display()))
+        }
+    };
+    markers.map(|marker| {
+        expanded.lines().find_map(|l| l.trim().strip_prefix(marker)).map(c_string_literals).unwrap_or_default()
+    })
 }
 
 /// Concatenates the C string literals of a preprocessed line: `"a" "" ", b"` is `a, b`.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job, from a fresh Debian 12 machine (as root): set up, build the module, start Kamailio
+# The main job, from a fresh Debian 12 or 13 machine (as root): set up, build the module, start Kamailio
 # with the sample config and apiban loaded -- against the fake APIBAN feed, or the real one when
 # APIBAN_KEY is set -- show a listed source refused and a clean one served, then stop cleanly.
 set -euo pipefail

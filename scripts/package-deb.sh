@@ -9,12 +9,19 @@
 #   /usr/share/doc/kamailio-apiban-module/README.md.gz       the documentation
 #   /usr/share/doc/kamailio-apiban-module/examples/kamailio.cfg   the sample config
 #   /usr/share/doc/kamailio-apiban-module/copyright, changelog.Debian.gz
-# and depends on exactly the kamailio version installed here, the one whose source the module was
-# built against (build.rs reads $KAMAILIO_SRC, which scripts/setup-debian.sh fetches for that
-# version): Kamailio refuses a module built for another version or other flags.
+# and its maintainer scripts make the state directory /var/lib/kamailio (the sample config's
+# snapshot_file is there), owned by the service user kamailio, mode 0750, kept on removal and
+# removed on purge with the snapshot.
 #
-# Environment: CARGO_TARGET_DIR (where cargo builds; default target), DEB_OUT_DIR (where the .deb goes;
-# default $CARGO_TARGET_DIR/debian), DEB_VERSION (default <crate version>-1+kam<kamailio version>),
+# It depends on exactly the Debian version of kamailio whose source the module was built against
+# (the .apiban-debian-version that scripts/setup-debian.sh or scripts/build-kamailio-6.0.sh wrote in
+# $KAMAILIO_SRC): 5.6.3-2 on Debian 12, 6.0.1-1+deb13u1 on Debian 13. Kamailio refuses a module built
+# for another version or other flags.
+#
+# Environment: KAMAILIO_SRC (the tree the module is built against; default /usr/local/src/kamailio),
+# CARGO_TARGET_DIR (where cargo builds; default target), DEB_OUT_DIR (where the .deb goes; default
+# $CARGO_TARGET_DIR/debian), DEB_VERSION (default <crate version>-1+kam<kamailio version>),
+# DEB_KAMAILIO_VERSION (the kamailio version to pin, for a tree without the version file),
 # DEB_MAINTAINER, NO_BUILD=1 (package the existing build without running cargo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,11 +39,20 @@ for tool in dpkg-deb dpkg-query dpkg-shlibdeps objcopy gzip; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found: run scripts/setup-debian.sh (it installs dpkg-dev)"
 done
 
-kver=$(dpkg-query -W -f='${Version}' kamailio 2>/dev/null) || true
-[[ -n $kver ]] || die "the kamailio package is not installed: the module is built for, and depends on, the installed kamailio"
-KAMAILIO_SRC=${KAMAILIO_SRC:-/usr/local/src/kamailio}
-if [[ -f $KAMAILIO_SRC/.apiban-debian-version ]] && [[ $(cat "$KAMAILIO_SRC/.apiban-debian-version") != "$kver" ]]; then
-    die "$KAMAILIO_SRC holds kamailio $(cat "$KAMAILIO_SRC/.apiban-debian-version") but $kver is installed: run scripts/setup-debian.sh, then this again"
+# The kamailio the module is built against: the Debian version of the tree build.rs reads.
+export KAMAILIO_SRC=${KAMAILIO_SRC:-/usr/local/src/kamailio}
+if [[ -n ${DEB_KAMAILIO_VERSION:-} ]]; then
+    kver=$DEB_KAMAILIO_VERSION
+elif [[ -f $KAMAILIO_SRC/.apiban-debian-version ]]; then
+    kver=$(cat "$KAMAILIO_SRC/.apiban-debian-version")
+else
+    die "$KAMAILIO_SRC (KAMAILIO_SRC) has no .apiban-debian-version, so the kamailio version to depend on is" \
+        "unknown: build against Debian's source (scripts/setup-debian.sh), or set DEB_KAMAILIO_VERSION"
+fi
+installed=$(dpkg-query -W -f='${Version}' kamailio 2>/dev/null) || true
+if [[ $installed != "$kver" ]]; then
+    echo "package-deb: note: built against kamailio $kver; this machine has ${installed:-no kamailio package}," \
+         "so the package installs on a machine with kamailio $kver only"
 fi
 
 if [[ -z ${NO_BUILD:-} ]]; then
@@ -60,6 +76,42 @@ root=$stage/root
 moddir=$root/usr/lib/$multiarch/kamailio/modules
 docdir=$root/usr/share/doc/$PKG
 install -d "$moddir" "$docdir/examples" "$root/DEBIAN"
+
+# The state directory is made by postinst, not shipped: dpkg would remove it (with an operator's
+# snapshot in it) on removal, and it must belong to the service user, who exists only once kamailio
+# is configured (kamailio's postinst creates it; Depends makes dpkg configure kamailio first).
+STATE_DIR=/var/lib/kamailio
+cat > "$root/DEBIAN/postinst" <<EOF
+#!/bin/sh
+set -e
+# The state directory of the apiban module (snapshot_file in the sample config), writable by the
+# user Debian's kamailio.service runs the server as. An operator's dpkg-statoverride wins.
+if [ "\$1" = configure ]; then
+    if ! getent passwd kamailio >/dev/null; then
+        echo "$PKG: no user kamailio: create $STATE_DIR writable by the server's user" >&2
+        exit 0
+    fi
+    if [ ! -d $STATE_DIR ]; then
+        install -d -o kamailio -g kamailio -m 0750 $STATE_DIR
+    elif ! dpkg-statoverride --list $STATE_DIR >/dev/null 2>&1; then
+        chown kamailio:kamailio $STATE_DIR
+        chmod u+rwx $STATE_DIR
+    fi
+fi
+exit 0
+EOF
+cat > "$root/DEBIAN/postrm" <<EOF
+#!/bin/sh
+set -e
+# Removal keeps the snapshot (a reinstall starts warm); purge removes it, and the state directory
+# when nothing else is in it.
+if [ "\$1" = purge ]; then
+    rm -f $STATE_DIR/apiban.snapshot $STATE_DIR/.apiban.snapshot.tmp.*
+    rmdir $STATE_DIR 2>/dev/null || true
+fi
+exit 0
+EOF
+chmod 0755 "$root/DEBIAN/postinst" "$root/DEBIAN/postrm"
 
 # The module, without its debug info (the dynamic symbols Kamailio looks up stay).
 objcopy --strip-debug "$MODULE" "$moddir/apiban.so"
@@ -113,7 +165,8 @@ Description: APIBAN ban list for Kamailio, in shared memory
  call: if (apiban_check()) { sl_send_reply("403", "Forbidden"); exit; }
  .
  Built against kamailio $kver: it loads only into that version.
- A sample configuration is in /usr/share/doc/$PKG/examples/.
+ A sample configuration is in /usr/share/doc/$PKG/examples/; it keeps the
+ snapshot in $STATE_DIR, which the package creates for the user kamailio.
 EOF
 
 mkdir -p "$DEB_OUT_DIR"

@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
-# Prepares a fresh Debian 12 machine (as root) to build and test the apiban module:
-#   - Debian's Kamailio 5.6 and the modules the tests and the script comparison load;
+# Prepares a fresh Debian 12 (bookworm) or Debian 13 (trixie) machine (as root) to build and test the
+# apiban module, following the running release (/etc/os-release):
+#   - Debian's Kamailio (5.6.3 on Debian 12, 6.0.1 on Debian 13) and the modules the tests and the
+#     script comparison load;
 #   - sipp, clang/libclang for bindgen;
+#   - the source package of exactly the installed kamailio, from the running release's deb-src,
+#     unpacked at $KAMAILIO_SRC and configured by its own debian/rules (scripts/debian-source.sh),
+#     so build.rs can read the binary's own defines.
 #   - openssl (the TLS tests make their own CA), tinyproxy (the proxy tests start their own),
 #     ca-certificates (the system trust store the module reads);
-#   - Kamailio's source package, unpacked at $KAMAILIO_SRC and configured exactly as
-#     debian/rules configures it, so build.rs can read the binary's own defines.
 # Idempotent: a second run only checks.
 set -euo pipefail
+source "$(dirname "$0")/debian-source.sh"
 
 KAMAILIO_SRC=${KAMAILIO_SRC:-/usr/local/src/kamailio}
 export DEBIAN_FRONTEND=noninteractive
+
+# shellcheck disable=SC1091
+. /etc/os-release
+case "${ID:-}:${VERSION_CODENAME:-}" in
+    debian:bookworm | debian:trixie) codename=$VERSION_CODENAME ;;
+    *) echo "setup: Debian 12 (bookworm) or 13 (trixie) is needed; this is ${PRETTY_NAME:-unknown}" >&2; exit 1 ;;
+esac
 
 need_pkgs=(kamailio kamailio-utils-modules kamailio-extra-modules kamailio-lua-modules kamailio-python3-modules
            sip-tester libclang-dev clang dpkg-dev make gcc curl python3 python3-pip procps m4 valgrind
@@ -22,16 +33,7 @@ for p in "${need_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 
-# apt-get source needs a deb-src line for bookworm main.
-if ! grep -rqsE '^(deb-src|Types:.*deb-src)' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    echo "setup: adding a deb-src line for bookworm main"
-    echo 'deb-src http://deb.debian.org/debian bookworm main' > /etc/apt/sources.list.d/apiban-deb-src.list
-    updated=
-else
-    updated=yes
-fi
-
-if ((${#missing[@]})) || [[ -z $updated ]] || [[ ! -f $KAMAILIO_SRC/src/config.mak ]]; then
+if ((${#missing[@]})) || [[ ! -f $KAMAILIO_SRC/src/config.mak ]]; then
     apt-get update -qq
 fi
 if ((${#missing[@]})); then
@@ -43,35 +45,34 @@ if command -v systemctl >/dev/null 2>&1; then
     for unit in kamailio tinyproxy; do systemctl disable --now "$unit" >/dev/null 2>&1 || true; done
 fi
 
-# The source of exactly the installed binary.
+# The source of exactly the installed binary, from the running release: apt-get source needs a
+# deb-src line that offers that version (a point release may come from -updates or -security).
 kver=$(dpkg-query -W -f='${Version}' kamailio)
 if [[ ! -f $KAMAILIO_SRC/.apiban-debian-version ]] || [[ $(cat "$KAMAILIO_SRC/.apiban-debian-version") != "$kver" ]]; then
+    if ! apt-cache showsrc kamailio 2>/dev/null | grep -xF "Version: $kver" >/dev/null; then
+        echo "setup: adding deb-src lines for $codename"
+        cat > /etc/apt/sources.list.d/apiban-deb-src.list <<EOF
+deb-src http://deb.debian.org/debian $codename main
+deb-src http://deb.debian.org/debian $codename-updates main
+deb-src http://deb.debian.org/debian-security $codename-security main
+EOF
+        apt-get update -qq
+    fi
     echo "setup: fetching Debian's kamailio $kver source into $KAMAILIO_SRC"
-    parent=$(dirname "$KAMAILIO_SRC")
-    work=$(mktemp -d "$parent/.kamailio-src.XXXXXX")
-    (cd "$work" && apt-get source -qq "kamailio=$kver" >/dev/null)
-    dir=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'kamailio-*' | head -n1)
-    [[ -n $dir ]] || { echo "setup: apt-get source kamailio produced no tree" >&2; exit 1; }
-    rm -rf "$KAMAILIO_SRC"
-    mv "$dir" "$KAMAILIO_SRC"
-    rm -rf "$work"
-    echo "$kver" > "$KAMAILIO_SRC/.apiban-debian-version"
+    mkdir -p "$(dirname "$KAMAILIO_SRC")"
+    debian_source_fetch "kamailio=$kver" "$KAMAILIO_SRC"
+    rm -f "$KAMAILIO_SRC/src/config.mak"
 fi
 
-# Configure as debian/rules does (its override_dh_auto_build runs `make cfg` with these options),
-# so src/config.mak holds the C_DEFS the packaged binary was compiled with.
+# Configure as debian/rules does, so src/config.mak holds the C_DEFS the packaged binary was
+# compiled with.
 if [[ ! -f $KAMAILIO_SRC/src/config.mak ]]; then
-    echo "setup: configuring $KAMAILIO_SRC as debian/rules does"
-    cppflags=$(dpkg-buildflags --get CPPFLAGS)
-    cflags=$(dpkg-buildflags --get CFLAGS)
-    (cd "$KAMAILIO_SRC" && env -i PATH="$PATH" HOME="$HOME" make -s cfg prefix=/usr cfg_target=/etc/kamailio/ \
-        FLAVOUR=kamailio LIBDIR=lib/x86_64-linux-gnu group_include=kstandard \
-        CC_EXTRA_OPTS="$cppflags $cflags -DVERSION_NODATE" >/dev/null)
+    echo "setup: configuring $KAMAILIO_SRC with its debian/rules"
+    debian_source_configure "$KAMAILIO_SRC"
 fi
-[[ -f $KAMAILIO_SRC/src/config.mak ]] || { echo "setup: configure did not produce src/config.mak" >&2; exit 1; }
 
 # Rust toolchain: the machine has rustup's cargo; clippy is used by the tests.
 if command -v rustup >/dev/null 2>&1; then
     rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy >/dev/null 2>&1 || true
 fi
-echo "setup: ok (kamailio $kver, source at $KAMAILIO_SRC)"
+echo "setup: ok (Debian $codename, kamailio $kver, source at $KAMAILIO_SRC)"

@@ -73,6 +73,11 @@ pub fn init() -> Result<(), String> {
         if removed > 0 {
             log_info!("snapshot {}: removed {removed} temporary file(s) left by an interrupted write", path.display());
         }
+        // A warning, not a refusal to start: blocking works without a snapshot; only a restart
+        // while APIBAN is unreachable would then start empty.
+        if let Err(e) = snapshot::check_dir(path) {
+            log_warn!("parameter 'snapshot_file': {e}");
+        }
         match snapshot::load(path, max) {
             Ok(Some(s)) => {
                 let (v4, v6) = split_live(&s.entries, settings.cfg.ttl, now, max);

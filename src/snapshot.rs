@@ -110,6 +110,52 @@ pub fn decode(data: &[u8], max_entries: usize) -> Result<Snapshot, String> {
     Ok(Snapshot { last_id: u64_at(16), saved_at: u64_at(24), entries })
 }
 
+/// Checks at start that `save` can work: the snapshot's directory exists and this process's user
+/// can create a file in it, tried the way `save` does it (a temporary file, removed at once).
+/// Debian's service runs the server as `kamailio` from its first instruction, so mod_init's user
+/// is the refresher's. The error names the directory, the user and what to do.
+pub fn check_dir(path: &Path) -> Result<(), String> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let (name, uid) = effective_user();
+    let who = match &name {
+        Some(n) => format!("user {n} (uid {uid})"),
+        None => format!("uid {uid}"),
+    };
+    // Debian's system users have a group of their own name (adduser --system --group).
+    let owner = name.map_or(format!("{uid}"), |n| format!("{n} -g {n}"));
+    let fix = format!("create it writable by {who}: install -d -o {owner} -m 0750 {}", dir.display());
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(format!("{} is not a directory; no snapshot can be written", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("directory {} does not exist, so no snapshot can be written: {fix}", dir.display()))
+        }
+        Err(e) => return Err(format!("cannot reach directory {}: {e}; {fix}", dir.display())),
+    }
+    let probe = dir.join(format!(".apiban-write-check.{}", std::process::id()));
+    match File::create(&probe) {
+        Ok(_) => {
+            let _ = fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(format!("{who} cannot write in directory {}: {e}; {fix}", dir.display())),
+    }
+}
+
+/// The name (when it has one) and uid of this process's effective user, for messages.
+fn effective_user() -> (Option<String>, u32) {
+    // SAFETY: geteuid has no preconditions; getpwuid_r writes only into the buffers we pass, and
+    // `pw_name` points into `buf` when it returns 0 with a non-null result.
+    unsafe {
+        let uid = libc::geteuid();
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut buf = [0 as libc::c_char; 1024];
+        let mut res: *mut libc::passwd = std::ptr::null_mut();
+        let found = libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut res) == 0 && !res.is_null();
+        (found.then(|| std::ffi::CStr::from_ptr(pw.pw_name).to_string_lossy().into_owned()), uid)
+    }
+}
+
 pub fn save(path: &Path, s: &Snapshot) -> std::io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("apiban.snapshot");
@@ -225,6 +271,37 @@ mod tests {
         let mut left: Vec<String> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         left.sort();
         assert_eq!(left, [".other.tmp.1", "apiban.snapshot"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_start_check_names_a_missing_or_unwritable_directory() {
+        let dir = std::env::temp_dir().join(format!("apiban-snapdir-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let owner = match effective_user() {
+            (Some(n), _) => format!("{n} -g {n}"),
+            (None, uid) => format!("{uid}"),
+        };
+        assert_eq!(check_dir(&dir.join("apiban.snapshot")), Ok(()));
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "the probe file is left behind");
+        let e = check_dir(&dir.join("missing/apiban.snapshot")).unwrap_err();
+        assert!(e.contains(&format!("directory {}/missing does not exist", dir.display())), "{e}");
+        assert!(e.contains(&format!("install -d -o {owner} -m 0750 {}/missing", dir.display())), "{e}");
+        fs::write(dir.join("file"), b"").unwrap();
+        let e = check_dir(&dir.join("file/apiban.snapshot")).unwrap_err();
+        assert!(e.contains("is not a directory"), "{e}");
+        // A directory nobody may write in (root writes anyway: only the message is checked then).
+        use std::os::unix::fs::PermissionsExt;
+        let ro = dir.join("ro");
+        fs::create_dir(&ro).unwrap();
+        fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            let e = check_dir(&ro.join("apiban.snapshot")).unwrap_err();
+            assert!(e.contains("cannot write in directory") && e.contains("Permission denied"), "{e}");
+        }
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(effective_user().1, unsafe { libc::geteuid() });
         fs::remove_dir_all(&dir).unwrap();
     }
 

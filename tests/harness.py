@@ -6,6 +6,7 @@ is a shell shim whose PID is not the interpreter's.
 """
 
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -22,10 +23,30 @@ sys.path.insert(0, TESTS)
 
 from fake_apiban import FakeApiban  # noqa: E402  (re-exported for the tests)
 
-KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
-KAMCMD = shutil.which("kamcmd") or "/usr/sbin/kamcmd"
-KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
-KAMAILIO_MODULE = os.path.join(REPO, "target", "release", "libapiban.so")
+
+def _multiarch():
+    try:
+        return subprocess.run(["dpkg-architecture", "-qDEB_HOST_MULTIARCH"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "x86_64-linux-gnu"
+
+
+# The server under test comes from the environment, defaulting to Debian's package; scripts/test.sh
+# runs the Kamailio suites a second time with these pointing at the 6.0 of
+# scripts/build-kamailio-6.0.sh:
+#   KAMAILIO_BIN          the kamailio binary (default: kamailio on PATH, else /usr/sbin/kamailio)
+#   KAMCMD_BIN            its kamcmd (default: kamcmd on PATH, else /usr/sbin/kamcmd)
+#   KAMAILIO_MODULES_DIR  its module directory (default: Debian's /usr/lib/<multiarch>/kamailio/modules)
+#   APIBAN_MODULE         the apiban module built for it (default: $CARGO_TARGET_DIR/release/libapiban.so,
+#                         CARGO_TARGET_DIR defaulting to target/ in the repository)
+PACKAGED_KAMAILIO = "/usr/sbin/kamailio"
+KAMAILIO = os.environ.get("KAMAILIO_BIN") or shutil.which("kamailio") or PACKAGED_KAMAILIO
+KAMCMD = os.environ.get("KAMCMD_BIN") or shutil.which("kamcmd") or "/usr/sbin/kamcmd"
+DEBIAN_MODULES = f"/usr/lib/{_multiarch()}/kamailio/modules"
+KAMAILIO_MODULES = os.environ.get("KAMAILIO_MODULES_DIR") or DEBIAN_MODULES
+TARGET_DIR = os.path.join(REPO, os.environ.get("CARGO_TARGET_DIR") or "target")  # join keeps an absolute one
+KAMAILIO_MODULE = os.environ.get("APIBAN_MODULE") or os.path.join(TARGET_DIR, "release", "libapiban.so")
 KAMAILIO_CFG = os.path.join(REPO, "kamailio-cfg", "kamailio.cfg")
 
 
@@ -40,6 +61,16 @@ def _stats_list():
 
 
 STAT_NUMBERS, STAT_TEXTS = _stats_list()
+
+
+def packaged_kamailio():
+    """None when the server under test is Debian's packaged kamailio, else why it is not: the
+    package and `make install` tests need that one (they install into its module directory)."""
+    if os.path.realpath(KAMAILIO) != PACKAGED_KAMAILIO:
+        return f"the server under test is {KAMAILIO} (KAMAILIO_BIN), not Debian's packaged {PACKAGED_KAMAILIO}"
+    if KAMAILIO_MODULES != DEBIAN_MODULES:
+        return f"the module directory is {KAMAILIO_MODULES} (KAMAILIO_MODULES_DIR), not Debian's {DEBIAN_MODULES}"
+    return None
 
 
 def read_text(path):
@@ -155,6 +186,14 @@ def parse_kamcmd_struct(text):
     return out
 
 
+def give_to(path, user):
+    """chown -R path to user and the user's primary group."""
+    pw = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        for name in [root] + [os.path.join(root, n) for n in dirs + files]:
+            os.chown(name, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
+
+
 class SipServer:
     """What the Kamailio and OpenSIPS test servers share; subclasses set port, log_path, cfg
     and stats()."""
@@ -183,11 +222,14 @@ class SipServer:
 
 
 class Kamailio(SipServer):
-    """Debian's kamailio with the sample config (or a variant of it) and our module."""
+    """The kamailio under test (KAMAILIO_BIN) with the sample config (or a variant of it) and our module."""
 
     def __init__(self, tmp, feed_url, key="test-key-4242", defines=None, modparams=(), extra_cfg="",
-                 cfg_text=None, module=KAMAILIO_MODULE):
+                 cfg_text=None, module=KAMAILIO_MODULE, run_as=None):
+        """run_as: a user name; the server then starts as Debian's kamailio.service starts it, as that
+        user from its first instruction (`runuser -u USER -- kamailio ...`), and `tmp` is given to it."""
         self.tmp = tmp
+        self.run_as = run_as
         self.port = free_port()
         self.run_dir = os.path.join(tmp, "run")
         os.makedirs(self.run_dir, exist_ok=True)
@@ -217,9 +259,13 @@ class Kamailio(SipServer):
         self.cfg = os.path.join(tmp, "kamailio.cfg")
         write_text(self.cfg, text)
         self.proc = None
+        if run_as:
+            give_to(tmp, run_as)
 
     def args(self):
-        a = [KAMAILIO, "-f", self.cfg, "-DD", "-E", "-Y", self.run_dir, "-w", self.run_dir, "-m", "64", "-M", "8"]
+        # runuser forwards SIGTERM to kamailio and waits for it, so stopping its PID stops the server.
+        a = ["runuser", "-u", self.run_as, "--"] if self.run_as else []
+        a += [KAMAILIO, "-f", self.cfg, "-DD", "-E", "-Y", self.run_dir, "-w", self.run_dir, "-m", "64", "-M", "8"]
         for k, v in self.defines.items():
             a += ["-A", f"{k}={v}" if v is not None else k]
         return a

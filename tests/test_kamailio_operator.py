@@ -1,24 +1,27 @@
-"""What an operator runs in production, against Debian's real Kamailio: the statistics in
-Kamailio's counters framework (kex's stats.get_statistics, exact under a flood from every worker),
-Prometheus through xhttp_prom, KEMI routing scripts (Lua, JavaScript), `make install` and the
-Debian package installed with dpkg and loaded by a bare loadmodule "apiban.so"."""
+"""What an operator runs in production, against the real Kamailio (Debian's, or the one KAMAILIO_BIN
+names): the statistics in Kamailio's counters framework (kex's stats.get_statistics, exact under a
+flood from every worker), Prometheus through xhttp_prom, KEMI routing scripts (Lua, JavaScript,
+Python), `make install` and the Debian package installed with dpkg and loaded by a bare
+loadmodule "apiban.so" (these two only against Debian's packaged server)."""
 
 import os
+import pwd
 import re
 import subprocess
 import threading
 import unittest
 import urllib.request
 
-from harness import (KAMAILIO_CFG, KAMAILIO_MODULES, REPO, STAT_NUMBERS, STAT_TEXTS, FakeApiban, Kamailio, TempDir, free_port,
-                     read_text, sip_exchange, wait_until)
+from harness import (KAMAILIO_CFG, KAMAILIO_MODULE, KAMAILIO_MODULES, REPO, STAT_NUMBERS, STAT_TEXTS, TARGET_DIR,
+                     FakeApiban, Kamailio, TempDir, free_port, packaged_kamailio, read_text, sip_exchange,
+                     wait_until)
 
-TARGET_DIR = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
-if not os.path.isabs(TARGET_DIR):
-    TARGET_DIR = os.path.join(REPO, TARGET_DIR)
-MODULE = os.path.join(TARGET_DIR, "release", "libapiban.so")
+MODULE = KAMAILIO_MODULE  # APIBAN_MODULE, see harness.py
 LUA_SCRIPT = os.path.join(REPO, "tests", "lua", "apiban.lua")
 PKG = "kamailio-apiban-module"
+# Where the package and `make install` keep the snapshot, for the user Debian's service runs as.
+STATE_DIR = "/var/lib/kamailio"
+SERVICE_USER = "kamailio"
 
 LISTED = ["127.0.0.66", "127.0.0.67", "2001:db8::66"]
 KEY = "k-operator-0123456789"
@@ -334,13 +337,18 @@ class Kemi(unittest.TestCase):
         finally:
             tmp.cleanup()
 
+    def need_engine(self, engine_module, package):
+        # Debian's packages have every engine (scripts/setup-debian.sh installs them); the 6.0 of
+        # scripts/build-kamailio-6.0.sh builds app_lua only.
+        if not os.path.exists(os.path.join(KAMAILIO_MODULES, f"{engine_module}.so")):
+            self.skipTest(f"{engine_module}.so is not in {KAMAILIO_MODULES} (Debian package {package})")
+
     def test_javascript_routing_script(self):
+        self.need_engine("app_jsdt", "kamailio-extra-modules")
         self.run_inline("js", "app_jsdt", "jsdt", "apiban.js", JS_SCRIPT)
 
     def test_python_routing_script(self):
-        # app_python3 is in Debian's kamailio-python3-modules (scripts/setup-debian.sh installs it).
-        if not os.path.exists(os.path.join(KAMAILIO_MODULES, "app_python3.so")):
-            self.skipTest("app_python3.so not installed (Debian package kamailio-python3-modules)")
+        self.need_engine("app_python3", "kamailio-python3-modules")
         self.run_inline("python", "app_python3", "python", "apiban.py", PY_SCRIPT)
 
 
@@ -356,10 +364,30 @@ def kamailio_version():
                           check=True).stdout.strip()
 
 
+def package(out_dir, **env):
+    """scripts/package-deb.sh into out_dir; returns (the .deb, the script's output)."""
+    env = dict(os.environ, CARGO_TARGET_DIR=TARGET_DIR, DEB_OUT_DIR=out_dir, **env)
+    r = subprocess.run(["bash", os.path.join(REPO, "scripts", "package-deb.sh")], capture_output=True,
+                       text=True, env=env, timeout=1800)
+    if r.returncode != 0:
+        raise AssertionError(r.stdout + r.stderr)
+    debs = [f for f in os.listdir(out_dir) if f.endswith(".deb")]
+    if len(debs) != 1:
+        raise AssertionError(f"expected one .deb in {out_dir}: {debs}")
+    return os.path.join(out_dir, debs[0]), r.stdout + r.stderr
+
+
+def deb_fields(deb, *names):
+    return subprocess.run(["dpkg-deb", "-f", deb, *names], capture_output=True, text=True, check=True).stdout
+
+
 class Install(unittest.TestCase):
     """`make install` / `make uninstall`, and the Debian package installed into the real system."""
 
     def setUp(self):
+        why = packaged_kamailio()
+        if why:
+            self.skipTest(f"package and make-install tests run against Debian's packaged server: {why}")
         self.tmp = TempDir("kam-install")
 
     def tearDown(self):
@@ -379,11 +407,35 @@ class Install(unittest.TestCase):
         self.assertEqual(os.stat(installed).st_mode & 0o777, 0o644)
         with open(installed, "rb") as a, open(MODULE, "rb") as b:
             self.assertEqual(a.read(), b.read())
+        # The state directory for snapshot_file, the service user's (the tests run as root).
+        state = os.stat(os.path.join(dest, STATE_DIR.lstrip("/")))
+        self.assertEqual(state.st_mode & 0o777, 0o750)
+        self.assertEqual(state.st_uid, pwd.getpwnam(SERVICE_USER).pw_uid)
         # MODULES_DIR moves it elsewhere.
         self.make("install", f"DESTDIR={dest}", "MODULES_DIR=/opt/kamailio/modules")
         self.assertTrue(os.path.isfile(os.path.join(dest, "opt/kamailio/modules/apiban.so")))
         self.make("uninstall", f"DESTDIR={dest}")
         self.assertFalse(os.path.exists(installed))
+        self.assertTrue(os.path.isdir(os.path.join(dest, STATE_DIR.lstrip("/"))))
+
+    def test_the_package_pins_the_kamailio_the_module_was_built_against(self):
+        # A tree whose Debian version file says 6.0.1-1+deb13u1, as scripts/build-kamailio-6.0.sh
+        # (or setup-debian.sh on Debian 13) leaves it: that is the version pinned, not the one
+        # installed here. NO_BUILD: the module already built is packaged as it is.
+        tree = os.path.join(self.tmp.path, "tree")
+        os.makedirs(tree)
+        with open(os.path.join(tree, ".apiban-debian-version"), "w") as f:
+            f.write("6.0.1-1+deb13u1\n")
+        deb, out = package(os.path.join(self.tmp.path, "deb"), KAMAILIO_SRC=tree, NO_BUILD="1")
+        self.assertRegex(deb_fields(deb, "Depends"), r"^kamailio \(= 6\.0\.1-1\+deb13u1\), libc6")
+        self.assertIn("+kam6.0.1.1+deb13u1_", os.path.basename(deb))
+        self.assertIn(f"built against kamailio 6.0.1-1+deb13u1; this machine has {kamailio_version()}", out)
+        # A tree that is not Debian's source says what to do.
+        os.remove(os.path.join(tree, ".apiban-debian-version"))
+        with self.assertRaises(AssertionError) as e:
+            package(os.path.join(self.tmp.path, "deb2"), KAMAILIO_SRC=tree, NO_BUILD="1")
+        self.assertIn("has no .apiban-debian-version", str(e.exception))
+        self.assertIn("DEB_KAMAILIO_VERSION", str(e.exception))
 
     def test_debian_package_installs_and_loads_with_a_bare_loadmodule(self):
         system_module = os.path.join(KAMAILIO_MODULES, "apiban.so")
@@ -391,18 +443,12 @@ class Install(unittest.TestCase):
             self.skipTest(f"{PKG} is already installed here: not touching it")
         if os.path.exists(system_module):
             self.skipTest(f"{system_module} exists (installed by hand?): not touching it")
-        out_dir = os.path.join(self.tmp.path, "deb")
-        env = dict(os.environ, CARGO_TARGET_DIR=TARGET_DIR, DEB_OUT_DIR=out_dir)
-        r = subprocess.run(["bash", os.path.join(REPO, "scripts", "package-deb.sh")], capture_output=True,
-                           text=True, env=env, timeout=1800)
-        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        debs = [f for f in os.listdir(out_dir) if f.endswith(".deb")]
-        self.assertEqual(len(debs), 1, debs)
-        deb = os.path.join(out_dir, debs[0])
+        if os.path.exists(STATE_DIR):
+            self.skipTest(f"{STATE_DIR} exists: not touching it (the package makes it, purge removes it)")
+        deb, _ = package(os.path.join(self.tmp.path, "deb"))
 
         kver = kamailio_version()
-        fields = subprocess.run(["dpkg-deb", "-f", deb, "Package", "Depends"], capture_output=True, text=True,
-                                check=True).stdout
+        fields = deb_fields(deb, "Package", "Depends")
         self.assertIn(f"Package: {PKG}", fields)
         self.assertRegex(fields, rf"Depends: kamailio \(= {re.escape(kver)}\)")
         contents = subprocess.run(["dpkg-deb", "-c", deb], capture_output=True, text=True, check=True).stdout
@@ -417,6 +463,10 @@ class Install(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
             self.assertIn("install ok installed", dpkg_status(PKG))
             self.assertTrue(os.path.isfile(system_module))
+            # The state directory, the service user's alone.
+            user = pwd.getpwnam(SERVICE_USER)
+            st = os.stat(STATE_DIR)
+            self.assertEqual((st.st_uid, st.st_gid, st.st_mode & 0o777), (user.pw_uid, user.pw_gid, 0o750))
             # The shipped example config, as installed, with the system's module path: its bare
             # loadmodule "apiban.so" finds the packaged module.
             example = read_text(f"/usr/share/doc/{PKG}/examples/kamailio.cfg")
@@ -431,6 +481,9 @@ class Install(unittest.TestCase):
                 maps = f.read()
             self.assertIn(system_module, maps)
             self.assertNotIn(os.path.join(kam.mod_dir, "apiban.so"), maps)
+            kam.stop()
+            kam = None
+            self.as_the_service_runs_it(feed, example)
         finally:
             if kam:
                 kam.stop()
@@ -438,7 +491,47 @@ class Install(unittest.TestCase):
             subprocess.run(["dpkg", "-r", PKG], capture_output=True, timeout=300)
         self.assertNotIn("ok installed", dpkg_status(PKG))
         self.assertFalse(os.path.exists(system_module))
+        # Removal keeps the state; purge removes it.
+        snapshot = os.path.join(STATE_DIR, "apiban.snapshot")
+        self.assertTrue(os.path.isfile(snapshot))
+        r = subprocess.run(["dpkg", "--purge", PKG], capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertFalse(os.path.exists(STATE_DIR))
 
+    def as_the_service_runs_it(self, feed, example):
+        """The packaged sample config as Debian's kamailio.service runs the server: as user
+        kamailio from the first instruction (systemd does not run here: runuser does what its
+        User= does), with the config's own snapshot_file in the package's state directory. A sync
+        writes the snapshot; with the feed down, a restart blocks from it."""
+        snapshot = os.path.join(STATE_DIR, "apiban.snapshot")
+        self.assertIn(snapshot, example)
+
+        def start(sub):
+            tmp = os.path.join(self.tmp.path, sub)
+            os.makedirs(tmp)
+            os.chmod(self.tmp.path, 0o711)
+            kam = Kamailio(tmp, feed.url, key=KEY, cfg_text=example, run_as=SERVICE_USER,
+                           defines={"MODULE_PATH": f'"{KAMAILIO_MODULES}"', "APIBAN_INTERVAL": "1"})
+            kam.defines.pop("APIBAN_SNAPSHOT")  # the config's own
+            return kam.start()
+
+        a = start("service-a")
+        try:
+            a.wait_synced(entries=50 + len(LISTED))
+            wait_until(lambda: os.path.exists(snapshot), timeout=10, what=f"{snapshot}")
+            self.assertEqual(os.stat(snapshot).st_uid, pwd.getpwnam(SERVICE_USER).pw_uid)
+            self.assertNotIn("snapshot_file", a.log())
+            self.assertNotIn("cannot write snapshot", a.log())
+        finally:
+            a.stop()
+        feed.stop()
+        b = start("service-b")
+        try:
+            self.assertEqual(sip_exchange("127.0.0.66", b.port)[0], 403)
+            self.assertEqual(sip_exchange("127.0.0.5", b.port)[0], 200)
+            self.assertIn(f"snapshot {snapshot} loaded: {50 + len(LISTED)} entries", b.log())
+        finally:
+            b.stop()
 
 if __name__ == "__main__":
     unittest.main()

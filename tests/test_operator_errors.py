@@ -12,7 +12,7 @@ import unittest
 from harness import (KAMAILIO_MODULE, FakeApiban, Kamailio, Proc, TempDir, parse_kamcmd_struct, wait_until,
                      write_text)
 
-MODULE = os.environ.get("APIBAN_MODULE", KAMAILIO_MODULE)
+MODULE = KAMAILIO_MODULE  # APIBAN_MODULE, see harness.py
 KEY = "k-operator-S3CRET-0123456789"
 LISTED = "127.0.0.66"
 CLEAN = "127.0.0.5"

@@ -6,6 +6,7 @@ APIBAN_MODULE=/path/to/libapiban.so runs these against another build of the modu
 """
 
 import os
+import pwd
 import re
 import struct
 import time
@@ -13,7 +14,7 @@ import unittest
 
 from harness import KAMAILIO_MODULE, FakeApiban, Kamailio, TempDir, parse_kamcmd_struct, wait_until
 
-MODULE = os.environ.get("APIBAN_MODULE", KAMAILIO_MODULE)
+MODULE = KAMAILIO_MODULE  # APIBAN_MODULE, see harness.py
 KEY = "k-restart-S3CRET-0123456789"
 LISTED = "127.0.0.66"
 LISTED6 = "2001:db8::66"
@@ -112,6 +113,10 @@ class Restart(unittest.TestCase):
         a = start_kamailio(self.tmps[0].path, self.feed, path)
         self.kams.append(a)
         s = a.wait_synced(entries=502)
+        # Said once at start, naming the parameter and what to do, then at each failed write.
+        self.assertRegex(a.log(), rf"WARNING: apiban: parameter 'snapshot_file': directory "
+                                  rf"{re.escape(os.path.dirname(path))} does not exist, so no snapshot can be "
+                                  rf"written: create it writable by user \S+ \(uid \d+\): install -d -o ")
         wait_until(lambda: f"cannot write snapshot {path}" in a.log(), timeout=10, what="the warning")
         self.assertEqual((s["last_error"], s["state"]), ("", "ok"))
         self.assertEqual(a.options(LISTED), 403)
@@ -131,6 +136,104 @@ class Restart(unittest.TestCase):
         self.assertEqual(b.options(LISTED), 200)
         self.assertEqual(b.stats()["entries"], 0)
         self.assertIn("loaded: 502 entries (0 still listed)", b.log())
+
+
+SERVICE_USER = "kamailio"
+
+
+def service_user_missing():
+    if os.geteuid() != 0:
+        return "needs root, to start the server as another user"
+    try:
+        pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        return f"no user {SERVICE_USER} (Debian's kamailio package creates it)"
+    return None
+
+
+@unittest.skipIf(service_user_missing(), service_user_missing())
+class AsTheServiceUser(unittest.TestCase):
+    """As Debian's kamailio.service runs the server: as user kamailio from its first instruction.
+    At start the module says whether that user can write the snapshot's directory and read
+    apikey_file, naming the parameter; a directory it can write gives a warm restart."""
+
+    def setUp(self):
+        self.tmp = TempDir("restart-user")
+        self.feed = FakeApiban(key=KEY, ips=[LISTED, LISTED6], count=500).start()
+        self.kams = []
+        self.user = pwd.getpwnam(SERVICE_USER)
+
+    def tearDown(self):
+        for k in self.kams:
+            k.stop()
+        self.feed.stop()
+        self.tmp.cleanup()
+
+    def kamailio(self, sub, snapshot, **kw):
+        tmp = os.path.join(self.tmp.path, sub)
+        os.makedirs(tmp)
+        defines = {"APIBAN_INTERVAL": "1", "APIBAN_SNAPSHOT": f'"{snapshot}"'}
+        k = Kamailio(tmp, self.feed.url, key=KEY, defines=defines, module=MODULE, run_as=SERVICE_USER, **kw)
+        self.kams.append(k)
+        return k
+
+    def state_dir(self, owner_uid, mode):
+        d = os.path.join(self.tmp.path, f"state-{owner_uid}")
+        os.makedirs(d)
+        os.chown(d, owner_uid, self.user.pw_gid if owner_uid else 0)
+        os.chmod(d, mode)
+        # The temp dir itself must let the user through to it.
+        os.chmod(self.tmp.path, 0o711)
+        return d
+
+    def test_a_directory_the_user_cannot_write_is_named_at_start(self):
+        d = self.state_dir(0, 0o755)
+        snapshot = os.path.join(d, "apiban.snapshot")
+        k = self.kamailio("a", snapshot).start()
+        k.wait_synced(entries=502)
+        self.assertRegex(k.log(), rf"WARNING: apiban: parameter 'snapshot_file': user {SERVICE_USER} "
+                                  rf"\(uid {self.user.pw_uid}\) cannot write in directory {re.escape(d)}: "
+                                  rf"Permission denied .*install -d -o {SERVICE_USER} -g {SERVICE_USER} -m 0750")
+        # Blocking goes on from memory.
+        self.assertEqual(k.options(LISTED), 403)
+        self.assertEqual(k.options(CLEAN), 200)
+        self.assertFalse(os.path.exists(snapshot))
+
+    def test_a_directory_the_user_owns_gives_a_warm_restart(self):
+        d = self.state_dir(self.user.pw_uid, 0o750)
+        snapshot = os.path.join(d, "apiban.snapshot")
+        a = self.kamailio("a", snapshot).start()
+        a.wait_synced(entries=502)
+        wait_until(lambda: os.path.exists(snapshot), timeout=10, what="the snapshot file")
+        self.assertEqual(os.stat(snapshot).st_uid, self.user.pw_uid)
+        self.assertNotIn("snapshot_file", a.log())
+        self.assertNotIn("cannot write snapshot", a.log())
+        # The server really ran as the user, not as root.
+        rc, out = a.kamcmd("core.psx")
+        pids = [int(p) for p in re.findall(r"PID:\s*(\d+)", out)]
+        self.assertTrue(pids, out)
+        for pid in pids:
+            self.assertEqual(os.stat(f"/proc/{pid}").st_uid, self.user.pw_uid, pid)
+        a.stop()
+        self.feed.stop()
+        b = self.kamailio("b", snapshot).start()
+        self.assertEqual(b.options(LISTED), 403)
+        self.assertEqual(b.options(CLEAN), 200)
+        self.assertIn(f"snapshot {snapshot} loaded: 502 entries", b.log())
+
+    def test_an_apikey_file_the_user_cannot_read_stops_the_start(self):
+        key_file = os.path.join(self.tmp.path, "apiban.key")
+        with open(key_file, "w") as f:
+            f.write(KEY + "\n")
+        os.chmod(key_file, 0o600)  # root's
+        os.chmod(self.tmp.path, 0o711)
+        k = self.kamailio("a", os.path.join(self.tmp.path, "a", "apiban.snapshot"),
+                          modparams=[("apikey_file", f'"{key_file}"')])
+        k.without_modparam("apikey")
+        rc, log = k.start_expecting_failure()
+        self.assertNotEqual(rc, 0)
+        self.assertIn(f"parameter 'apikey_file': cannot read {key_file}: Permission denied", log)
+        self.assertNotIn(KEY, log)
 
 
 class DamagedSnapshots(unittest.TestCase):

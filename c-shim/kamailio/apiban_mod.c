@@ -1,5 +1,5 @@
 /*
- * apiban module for Kamailio: the host side of the boundary.
+ * apiban module for Kamailio (5.6 to 6.0): the host side of the boundary.
  *
  * Translation only: Kamailio's export tables, parameter setters, the script functions, RPC and
  * KEMI wrappers, the statistics (counters read from the core's shared values), the refresher

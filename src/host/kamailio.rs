@@ -5,8 +5,8 @@
 
 use std::os::raw::{c_char, c_int, c_uint, c_void};
 
-/// Mirror of Kamailio's `struct module_exports` (core/sr_module.h; the same from 5.5 to 6.0). The shim asserts the C
-/// size and offsets at compile time; mod_register compares the sizes at load.
+/// Mirror of Kamailio's `struct module_exports` (core/sr_module.h; unchanged from 5.6 to 6.0). The
+/// shim asserts the C size and offsets at compile time; mod_register compares the sizes at load.
 #[repr(C)]
 pub struct ModuleExports {
     name: *const c_char,
