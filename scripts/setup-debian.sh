@@ -4,6 +4,7 @@
 #   - sipp, clang/libclang for bindgen;
 #   - openssl (the TLS tests make their own CA), tinyproxy (the proxy tests start their own),
 #     ca-certificates (the system trust store the module reads);
+#   - redis-server and redis-sentinel for the fleet tests (started by the tests on their own ports);
 #   - Kamailio's source package, unpacked at $KAMAILIO_SRC and configured exactly as
 #     debian/rules configures it, so build.rs can read the binary's own defines.
 # Idempotent: a second run only checks.
@@ -17,6 +18,8 @@ need_pkgs=(kamailio kamailio-utils-modules kamailio-extra-modules kamailio-lua-m
            ca-certificates openssl tinyproxy)
 # libfaketime: a test steps the server's wall clock back under it (tests/test_feed_edges.py).
 need_pkgs+=(faketime)
+# Fleet mode (tests/test_fleet.py): the tests start their own Redis and Sentinel instances.
+need_pkgs+=(redis-server redis-sentinel redis-tools)
 missing=()
 for p in "${need_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -38,9 +41,16 @@ if ((${#missing[@]})); then
     echo "setup: installing ${missing[*]}"
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+<<<<<<< HEAD
 # Debian starts the packaged kamailio and tinyproxy services on install; the tests run their own.
 if command -v systemctl >/dev/null 2>&1; then
     for unit in kamailio tinyproxy; do systemctl disable --now "$unit" >/dev/null 2>&1 || true; done
+=======
+# Debian starts the packaged kamailio and redis services on install; the tests run their own
+# instances (own port, own directory, own config), never the system's.
+if command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now kamailio redis-server redis-sentinel >/dev/null 2>&1 || true
+>>>>>>> 6047b1c (setup: redis-server, redis-sentinel and redis-tools for the fleet tests)
 fi
 
 # The source of exactly the installed binary.
