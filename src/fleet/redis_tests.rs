@@ -296,3 +296,4 @@ fn redis_going_away_and_coming_back() {
         }
     }
 }
+
