@@ -530,7 +530,7 @@ mod tests {
         let header = include_str!("../c-shim/apiban.h");
         let list = header.split("#define APIBAN_PARAMS(X)").nth(1).unwrap().split("\n\n").next().unwrap();
         let names: Vec<&str> = list.split("X(").skip(1).map(|s| s.split(')').next().unwrap()).collect();
-        assert_eq!(names.len(), 16);
+        assert_eq!(names.len(), 21);
         for n in names {
             let e = Config::default().set(n, "").err().unwrap_or_default();
             assert!(!e.contains("unknown parameter"), "{n}: {e}");

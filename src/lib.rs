@@ -11,8 +11,6 @@ mod boundary;
 mod config;
 mod feed;
 mod ffi;
-// Fleet mode's Redis client, not yet called by the refresher (issue 12, phase 2).
-#[allow(dead_code)]
 mod fleet;
 mod log;
 mod module;

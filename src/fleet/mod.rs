@@ -65,13 +65,6 @@ pub enum FleetError {
     LeaseLost,
 }
 
-impl FleetError {
-    /// Counts in `redis_errors`: everything but a lost lease.
-    pub fn is_redis_error(&self) -> bool {
-        !matches!(self, FleetError::LeaseLost)
-    }
-}
-
 impl fmt::Display for FleetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -340,6 +333,7 @@ impl Fleet {
         &self.holder
     }
 
+    #[cfg(test)]
     pub fn is_leader(&self) -> bool {
         self.lease.is_some()
     }
@@ -776,7 +770,6 @@ mod tests {
         let auth = redis::RedisError::from((redis::ErrorKind::AuthenticationFailed, "Password authentication failed"));
         assert!(matches!(classify(&auth, None), FleetError::Auth(_)));
         assert!(FleetError::Auth("x".into()).to_string().starts_with("redis refused the credentials"));
-        assert!(!FleetError::LeaseLost.is_redis_error());
     }
 
     #[test]
