@@ -12,6 +12,7 @@ import signal
 import time
 import unittest
 
+import test_opensips as osips
 from harness import FakeApiban, Kamailio, TempDir, wait_until
 from redis_server import RedisSentinel, RedisServer, have_redis, make_test_ca, wait_port_free
 
@@ -53,9 +54,6 @@ class Node(Kamailio):
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.p.wait(timeout=5)
         self.proc.stop()
-
-    def refuses(self, ip):
-        return self.options(ip) == 403
 
 
 class FleetCase(unittest.TestCase):
@@ -108,7 +106,7 @@ class FleetCase(unittest.TestCase):
 
     def wait_refused(self, nodes, ip, timeout=15):
         for n in nodes:
-            wait_until(lambda: n.refuses(ip), timeout=timeout, step=0.1, what=f"{n.name} to refuse {ip}")
+            wait_until(lambda: n.options(ip) == 403, timeout=timeout, step=0.1, what=f"{n.name} to refuse {ip}")
 
 
 class TestFleet(FleetCase):
@@ -300,6 +298,54 @@ class TestFleet(FleetCase):
         self.assertEqual(replica.cli("HGET", "apiban:meta", "entries"), str(TOTAL + 1))
         self.assertGreater(sum(n.stats()["redis_errors"] for n in nodes), 0)
         self.assert_never_over_rate(feed, nodes)
+
+
+class TestMixedFleet(FleetCase):
+    """Kamailio and OpenSIPS nodes in one fleet (needs an OpenSIPS tree, as test_opensips.py)."""
+
+    @classmethod
+    def setUpClass(cls):
+        if not osips.HAVE_TREE:
+            print(f"SKIPPED: no OpenSIPS tree at {osips.OPENSIPS_SRC}")
+            raise unittest.SkipTest("no OpenSIPS tree")
+        osips.setUpModule()  # builds the OpenSIPS flavour of the module into target/opensips
+
+    def opensips_node(self, feed, redis_url, name):
+        d = os.path.join(self.tmp.path, name)
+        os.makedirs(d, exist_ok=True)
+        o = osips.OpenSIPS(d, feed.url, key=KEY, defines={
+            "APIBAN_REDIS_URL": redis_url,
+            "APIBAN_NODE_ID": name,
+            "APIBAN_INTERVAL": str(INTERVAL),
+            "APIBAN_RATE_LIMIT": f"{RATE[0]}/{RATE[1]}",
+        }, modparams=[("leader_ttl", f'"{TTL}"'), ("timeout", "1")])
+        o.name = name
+        self.addCleanup(o.stop)
+        return o.start()
+
+    def test_an_opensips_node_follows_then_leads(self):
+        r = self.redis()
+        feed = self.feed()
+        kam = self.nodes(feed, r.url(), ["kamailio-a"])[0]
+        self.wait_fleet([kam])
+        o = self.opensips_node(feed, r.url(), "opensips-b")
+        self.wait_fleet([kam, o])
+        s = o.stats()
+        self.assertEqual((s["role"], s["leader"], s["requests"]), ("follower", "kamailio-a", 0))
+        self.assert_blocking([kam, o])
+        feed.add(["127.0.0.81"])
+        self.wait_refused([kam, o], "127.0.0.81")
+        # The Kamailio leader dies: the OpenSIPS node leads and pulls on from the last ID.
+        last_id = r.cli("HGET", "apiban:meta", "last_id")
+        killed_at = time.time()
+        kam.kill_server()
+        wait_until(lambda: o.stats()["role"] == "leader", timeout=TTL + INTERVAL + 5, step=0.1, what="opensips to lead")
+        feed.add(["127.0.0.82"])
+        self.wait_refused([o], "127.0.0.82")
+        self.assertGreater(o.stats()["requests"], 0)
+        s = feed.stats()
+        self.assertEqual(next(i for i, t in zip(s["ids"], s["times"]) if t > killed_at), last_id)
+        self.assert_never_over_rate(feed, [o])
 
 
 if __name__ == "__main__":
