@@ -55,8 +55,10 @@ pub(super) struct FleetNode {
     trouble_since: Option<Instant>,
     /// The error last logged, so that a lasting one is logged once.
     logged: Option<String>,
-    /// The leader could not write its last sync: it writes the whole list as soon as it can.
+    /// The leader could not write its last sync: it writes the whole list as soon as it can,
+    /// but not before this (a refused write is not retried on every tick).
     dirty: bool,
+    retry_publish: Option<Instant>,
     /// The last full pull of the fleet (unix time): the full_resync schedule survives hand-overs.
     full_at: u64,
     /// This node pulled on its own during a fallback: the first full list read after it is
@@ -85,6 +87,9 @@ fn fleet_settings(s: &Settings) -> Option<FleetSettings> {
         ca_file: None,
     })
 }
+
+/// How long a leader waits before it writes the whole list again after a refused write.
+const PUBLISH_RETRY: Duration = Duration::from_secs(5);
 
 /// Set by SIGTERM/SIGINT in the refresher of a fleet node: it lets its lease go, then exits.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -121,6 +126,7 @@ impl FleetNode {
             trouble_since: None,
             logged: None,
             dirty: false,
+            retry_publish: None,
             full_at: 0,
             fell_back: false,
             shown: (Role::Follower, String::new()),
@@ -177,7 +183,7 @@ impl Refresher<'_> {
         match f.client.lease() {
             Ok(LeaseState::Leader { taken: false, .. }) => {
                 self.fleet_ok(f);
-                if f.dirty {
+                if f.dirty && f.retry_publish.is_none_or(|t| Instant::now() >= t) {
                     self.fleet_publish(f, None, unix_now());
                 }
             }
@@ -192,8 +198,15 @@ impl Refresher<'_> {
         match f.client.poll() {
             Ok(p) => {
                 self.fleet_ok(f);
-                if let Poll::Update { meta, change } = p {
-                    self.fleet_apply(f, &meta, change);
+                match p {
+                    Poll::Update { meta, change } => self.fleet_apply(f, &meta, change),
+                    // Nothing new: the leader's syncs still show (an alert on last_sync holds).
+                    Poll::Same(meta) => {
+                        let c = self.m.stats.get();
+                        num!(c, last_sync).store(meta.synced_at, Relaxed);
+                        num!(c, last_id).store(meta.last_id, Relaxed);
+                    }
+                    Poll::Empty => {}
                 }
             }
             Err(e) => return self.fleet_error(f, e),
@@ -392,11 +405,13 @@ impl Refresher<'_> {
         match f.client.publish(&self.master, changed, info) {
             Ok(v) => {
                 f.dirty = false;
+                f.retry_publish = None;
                 num!(self.m.stats.get(), fleet_version).store(v, Relaxed);
             }
             Err(FleetError::LeaseLost) => self.fleet_lost(f),
             Err(e) => {
                 f.dirty = true;
+                f.retry_publish = Some(Instant::now() + PUBLISH_RETRY);
                 self.fleet_error(f, e);
             }
         }
