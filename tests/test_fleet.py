@@ -186,11 +186,22 @@ class TestFleet(FleetCase):
                 self.assertNotIn(KEY, r.cli("GET", k))
         self.assertNotIn(KEY, r.cli("HGETALL", "apiban:meta"))
 
-    def test_redis_stopped_for_20_s(self):
+    def test_redis_slow_then_stopped_for_20_s(self):
         r = self.redis()
         feed = self.feed()
         nodes = self.nodes(feed, r.url(), ["node-a", "node-b"])
         self.wait_fleet(nodes)
+        # Slow first: a Redis that answers nothing (SIGSTOP) times out; tables and SIP unmoved.
+        os.kill(r.proc.pid, signal.SIGSTOP)
+        try:
+            for n in nodes:
+                wait_until(lambda: "timed out" in n.stats()["last_error"], timeout=10, what=f"{n.name} to time out")
+            self.assert_blocking(nodes)
+        finally:
+            os.kill(r.proc.pid, signal.SIGCONT)
+        self.wait_fleet(nodes)
+        for n in nodes:
+            wait_until(lambda: n.stats()["last_error"] == "", timeout=10, what=f"{n.name} to recover")
         port = r.port
         r.stop()
         stopped = time.time()
