@@ -242,7 +242,8 @@ impl<'l> Refresher<'l> {
                 self.start(true, "reload");
             }
             if !self.fleet_tick() {
-                // A follower: Redis brings the list.
+                // A follower: Redis brings the list; a pull of an earlier role is dropped.
+                self.pull = None;
                 std::thread::sleep(TICK);
                 continue;
             }
