@@ -43,7 +43,7 @@ def make_test_ca(d, cn="127.0.0.1"):
 class RedisServer:
     """One redis-server: `--save ""`, no AOF, so a restart starts empty as a cache would."""
 
-    def __init__(self, tmp, name="redis", password=None, tls=None, replica_of=None, port=None):
+    def __init__(self, tmp, name="redis", password=None, tls=None, replica_of=None, port=None, unix=False):
         self.port = port or free_port()
         self.dir = os.path.join(tmp, f"{name}-{self.port}")
         os.makedirs(self.dir, exist_ok=True)
@@ -66,6 +66,10 @@ class RedisServer:
                       f"tls-ca-cert-file {ca}", "tls-auth-clients no"]
         else:
             lines.append(f"port {self.port}")
+        # Also on a unix socket when asked (redis+unix://); redis-cli still uses the TCP port.
+        self.socket = os.path.join(self.dir, "redis.sock") if unix else None
+        if unix:
+            lines += [f"unixsocket {self.socket}", "unixsocketperm 700"]
         if password:
             lines += [f"requirepass {password}", f"masterauth {password}"]
         if replica_of:
@@ -81,8 +85,10 @@ class RedisServer:
         return self
 
     def url(self, password=None, db=0):
-        scheme = "rediss" if self.tls else "redis"
         pw = password if password is not None else self.password
+        if self.socket:
+            return f"redis+unix://{self.socket}?db={db}" + (f"&pass={pw}" if pw else "")
+        scheme = "rediss" if self.tls else "redis"
         creds = f":{pw}@" if pw else ""
         return f"{scheme}://{creds}127.0.0.1:{self.port}/{db}"
 

@@ -291,6 +291,16 @@ class TestFleet(FleetCase):
         wait_until(lambda: "UnknownIssuer" in untrusted.stats()["last_error"], timeout=10, what="a TLS error")
         self.assertEqual(untrusted.stats()["entries"], 0)
 
+    def test_redis_on_a_unix_socket(self):
+        r = self.redis(unix=True, password="sock-pass-3")
+        feed = self.feed()
+        self.assertTrue(r.url().startswith("redis+unix:///"))
+        nodes = self.nodes(feed, r.url(db=2), ["node-a", "node-b"])
+        self.wait_fleet(nodes)
+        self.assert_blocking(nodes)
+        self.assertEqual(r.cli("-n", "2", "HGET", "apiban:meta", "entries"), str(TOTAL))
+        self.assertNotIn("sock-pass-3", nodes[0].log())
+
     def test_sentinel_fail_over_of_the_master(self):
         master = self.redis(name="master")
         replica = self.redis(name="replica", replica_of=master.port)
