@@ -236,6 +236,33 @@ class TestFleet(FleetCase):
             self.assertIn("redis answers again", n.log())
         self.assert_never_over_rate(feed, nodes)
 
+    def test_fleet_fallback_pulls_alone_while_redis_is_away(self):
+        r = self.redis()
+        feed = FakeApiban(key=KEY, ips=LISTED, count=GENERATED).start()  # no 429: each node pulls alone
+        self.addCleanup(feed.stop)
+        nodes = self.nodes(feed, r.url(), ["node-a", "node-b"], modparams=[("fleet_fallback", f'"{TTL}"')])
+        self.wait_fleet(nodes)
+        port = r.port
+        r.stop()
+        for n in nodes:
+            wait_until(lambda: n.stats()["role"] == "fallback", timeout=TTL + 10, what=f"{n.name} to fall back")
+        self.assertIn("pulls APIBAN alone", nodes[0].log())
+        # Each node now asks APIBAN on its own, and takes what is listed meanwhile.
+        before = {n.name: n.stats()["requests"] for n in nodes}
+        feed.add(["127.0.0.83"])
+        self.wait_refused(nodes, "127.0.0.83")
+        for n in nodes:
+            self.assertGreater(n.stats()["requests"], before[n.name], n.name)
+        # Redis back (empty): one leader again, the others follow it.
+        wait_port_free(port)
+        self.redis(port=port)
+        leader = self.wait_fleet(nodes, entries=TOTAL + 1)
+        follower = next(n for n in nodes if n is not leader)
+        quiet = follower.stats()["requests"]
+        feed.add(["127.0.0.84"])
+        self.wait_refused(nodes, "127.0.0.84")
+        self.assertEqual(follower.stats()["requests"], quiet)
+
     def test_a_wrong_password_and_garbage_under_the_prefix(self):
         r = self.redis(password="right-pass-1")
         feed = self.feed()
