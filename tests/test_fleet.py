@@ -45,8 +45,10 @@ class Node(Kamailio):
             "APIBAN_RATE_LIMIT": f'"{RATE[0]}/{RATE[1]}"',
         }, modparams=[("leader_ttl", f'"{TTL}"'), ("timeout", "1"), *modparams])
         self.name = name
-        if env:
-            self.env = dict(os.environ, **env)
+        self.env = dict(os.environ, **env) if env else None
+
+    def start(self, wait=True, env=None):
+        return super().start(wait=wait, env=env or self.env)
 
     def kill_server(self):
         """kill -9 of the whole server, as a crash would: Kamailio runs in its own process group
@@ -309,12 +311,15 @@ class TestFleet(FleetCase):
         r = self.redis(tls=(ca, cert, key))
         feed = self.feed()
         self.assertTrue(r.url().startswith("rediss://"))
-        # Trusted through the system store (SSL_CERT_FILE is where rustls-native-certs reads it).
-        good = self.nodes(feed, r.url(), ["node-a"], env={"SSL_CERT_FILE": ca})
-        self.wait_fleet(good)
-        self.assert_blocking(good)
+        # rediss:// trusts what the feed trusts: the system's store plus ca_file...
+        by_ca_file = self.nodes(feed, r.url(), ["node-a"], modparams=[("ca_file", f'"{ca}"')])
+        self.wait_fleet(by_ca_file)
+        # ... or the system's store (SSL_CERT_FILE names it, as for OpenSSL and the feed's client).
+        by_system = self.nodes(feed, r.url(), ["node-b"], env={"SSL_CERT_FILE": ca})
+        self.wait_fleet(by_ca_file + by_system)
+        self.assert_blocking(by_ca_file + by_system)
         # Not trusted: refused, and the reason says which.
-        untrusted = self.nodes(feed, r.url(), ["node-b"], env={"SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt"})[0]
+        untrusted = self.nodes(feed, r.url(), ["node-c"])[0]
         wait_until(lambda: "UnknownIssuer" in untrusted.stats()["last_error"], timeout=10, what="a TLS error")
         self.assertEqual(untrusted.stats()["entries"], 0)
 

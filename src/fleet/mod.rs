@@ -164,15 +164,14 @@ pub struct Fleet {
     errors: u64,
 }
 
-/// The trusted roots for rediss:// when `ca_file` adds to them: redis-rs takes either the
-/// system store or a bundle of ours, so the bundle is the system's plus the file.
+/// The trusted roots for rediss://, as the feed's client has them (src/tls.rs): the system's
+/// bundle plus `ca_file`. redis-rs takes either its own reading of the system store or one
+/// bundle of ours, so with a `ca_file` the bundle is the system's and the file's together.
 fn roots(ca_file: &Option<PathBuf>) -> Result<Option<Vec<u8>>, String> {
     let Some(p) = ca_file else { return Ok(None) };
     let extra = std::fs::read(p).map_err(|e| format!("cannot read ca_file {}: {e}", p.display()))?;
-    let system = std::env::var_os("SSL_CERT_FILE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
-    let mut pem = std::fs::read(system).unwrap_or_default();
+    let system = crate::tls::system_bundle(std::env::var_os("SSL_CERT_FILE").map(PathBuf::from), |p| p.exists());
+    let mut pem = system.and_then(|s| std::fs::read(s).ok()).unwrap_or_default();
     pem.push(b'\n');
     pem.extend_from_slice(&extra);
     Ok(Some(pem))

@@ -84,7 +84,8 @@ fn fleet_settings(s: &Settings) -> Option<FleetSettings> {
         // The feed client gives up a request 2 × timeout after it started.
         request_max: Duration::from_secs(2 * cfg.timeout),
         window: Duration::from_secs(cfg.rate_limit.1) + RATE_MARGIN,
-        ca_file: None,
+        // rediss:// trusts what the feed trusts: the system's store plus ca_file.
+        ca_file: cfg.ca_file.clone(),
     })
 }
 
