@@ -20,6 +20,9 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Target of issue 12: the leader's publish to the last follower's table, at 20 k entries.
+FLEET_LATENCY_S = 1.0
+
 # Targets of issue 6.
 HOT_NS = 15.0
 COLD_RATIO = 1.3
@@ -219,6 +222,44 @@ def chart(path, series, title):
 
 # ---- the report ---------------------------------------------------------------------------------
 
+def fleet_section(sizes, summary):
+    """Section 5 from fleet.json; adds the latency at 20 k (or the smallest size) to the summary."""
+    if not sizes:
+        return ["Not run."]
+    out = ["| entries | publish → last of 3 followers, median (max) | follower CPU per address synced | "
+           "Redis memory per entry (list / all keys) | Redis traffic of a 10-address sync | the whole list, read once |",
+           "|---|---|---|---|---|---|"]
+    for d in sizes:
+        lat, cpu, mem, tr = d["latency_s"], d["follower_cpu"], d["memory"], d["traffic"]
+        out.append(f"| {size_n(d['n'])} | **{lat['median'] * 1000:.0f} ms** ({lat['max'] * 1000:.0f} ms) | "
+                   f"{cpu['cpu_us_per_address']:.1f} µs ({cpu['sync_cpu_s'] * 1000:.1f} ms for {cpu['addresses']:,}) | "
+                   f"{mem['bytes_per_entry']:.0f} / {mem['all_bytes_per_entry']:.0f} B | "
+                   f"**{tr['sync_bytes']:,.0f} B** | ~{mem['full_read_bytes_est'] / 1e6:.2g} MB |")
+    first = next((d for d in sizes if d["n"] == 20_000), sizes[0])
+    ms = first["latency_s"]["median"] * 1000
+    summary.append((f"Fleet: leader's publish to the last of 3 followers, {size_n(first['n'])} entries (median)",
+                    f"{ms:.0f} ms", "–", "–", f"≤ {FLEET_LATENCY_S * 1000:.0f} ms",
+                    verdict(first["latency_s"]["max"] <= FLEET_LATENCY_S, "missed")))
+    out.append("")
+    out.append("A leader and three followers (Kamailio, the sample config with `redis_url`, `interval` 1) on one "
+               "redis-server, all on this machine. *Publish → last follower*: from the moment Redis received the "
+               "leader's delta script (its own clock, from `redis-cli MONITOR`) to the moment the last follower "
+               "answered 403 to SIP from the new address (probed in a loop), one new address per sync, "
+               f"{len(first['latency_s']['samples'])} syncs. Followers poll the list's version every 200 ms, so half "
+               "of that on average is waiting; then the delta is read, the table rebuilt and republished, the snapshot "
+               "written. *Follower CPU*: each follower's refresher process (schedstat) over a sync that adds "
+               f"{first['follower_cpu']['addresses']:,} addresses, less its idle polling over the same time, per "
+               "address (it rebuilds the whole table once per sync: the cost per sync grows with the table). "
+               "*Memory*: `MEMORY USAGE` of the list (a sorted set, the address as text, the listing time as score) "
+               "and of every fleet key, per entry. *Traffic*: what one sync of 10 new addresses puts on the wire: the "
+               "leader's delta script as sent (its arguments from `redis-cli MONITOR`, RESP-encoded) and its reply, "
+               "plus what the sync adds to each follower's poll reply (the log entry, read back), median of "
+               f"{len(first['traffic']['exact'])} syncs; beside it, what reading the whole list once would cost "
+               "(fleet.json also has Redis's own byte counters over windows with and without a sync: too noisy to "
+               "publish, they move with the polls a follower skips while it rebuilds a big table).")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", required=True)
@@ -234,6 +275,7 @@ def main():
     cg = (load_json(os.path.join(R, "callgrind.json")) or {}).get("callgrind")
     tput = (load_json(os.path.join(R, "throughput.json")) or {}).get("throughput")
     rel = (load_json(os.path.join(R, "reload.json")) or {}).get("reload")
+    fleet = (load_json(os.path.join(R, "fleet.json")) or {}).get("sizes")
     mach, ver = machine(), versions()
     la = [runinfo.get("loadavg_start")]
     for part in ("load", "callgrind", "throughput", "reload"):
@@ -756,6 +798,9 @@ def main():
     else:
         sec4.append("Not run.")
 
+    # ================= 5. fleet mode
+    sec5 = fleet_section(fleet, summary)
+
     # ================= write
     date = runinfo.get("date", "")
     P("# apiban benchmarks")
@@ -831,10 +876,14 @@ def main():
     P("")
     md.extend(sec4)
     P("")
+    P("## 5. Fleet mode: one leader, three followers, one Redis (bench/fleet_bench.py)")
+    P("")
+    md.extend(sec5)
+    P("")
     P("## Running them")
     P("")
     P("```sh")
-    P("bash scripts/bench.sh          # everything, ~15 minutes: rewrites BENCHMARKS.md and bench/load-cpu.png")
+    P("bash scripts/bench.sh          # everything, ~20 minutes: rewrites BENCHMARKS.md and bench/load-cpu.png")
     P("bash scripts/bench.sh --tiny   # tiny sizes, a couple of minutes, writes nothing in the repo (CI)")
     P("```")
     P("")
@@ -846,7 +895,8 @@ def main():
     if a.raw:
         raw = {"run": runinfo, "machine": mach, "versions": ver,
                "criterion": {f"{g}/{b}": v for (g, b), v in sorted(crit.items())},
-               "micro": micro, "kamailio": {"load": kload, "callgrind": cg, "throughput": tput, "reload": rel}}
+               "micro": micro, "kamailio": {"load": kload, "callgrind": cg, "throughput": tput, "reload": rel},
+               "fleet": fleet}
         with open(a.raw, "w") as f:
             json.dump(raw, f, indent=1, sort_keys=True)
     print(f"report: {a.markdown}, chart {a.chart} ({chart_how})", file=sys.stderr)

@@ -62,8 +62,14 @@ struct apiban_host {
 	N(expired, "entries dropped because their ttl passed, on arrival included") \
 	N(backoff_until, "unix time before which no request is made (0: none)") \
 	N(max_entries, "the max_entries parameter") \
+	N(fleet_version, "fleet mode: the version of the shared list this node holds (0: none)") \
+	N(fleet_syncs, "fleet mode: updates of the table taken from Redis (as a follower)") \
+	N(redis_errors, "fleet mode: failed calls to Redis") \
+	N(leading, "fleet mode: 1 while this node holds the lease and talks to APIBAN, else 0") \
 	T(last_error, "the last request's error, empty when it succeeded") \
-	T(state, "ok, syncing, backoff ..., starting")
+	T(state, "ok, syncing, backoff ..., starting") \
+	T(role, "standalone, leader, follower, or fallback (Redis lost for fleet_fallback)") \
+	T(leader, "fleet mode: the node_id of the node that holds the lease")
 
 #define APIBAN_STAT_NONE(n, doc)
 #define APIBAN_STAT_ONE(n, doc) +1
@@ -94,7 +100,8 @@ struct apiban_verdict {
 #define APIBAN_PARAMS(X) \
 	X(apikey) X(apikey_file) X(url) X(api_version) X(set) X(interval) X(max_entries) \
 	X(timeout) X(rate_limit) X(snapshot_file) X(ttl) X(full_resync) X(allow) X(allow_file) \
-	X(ca_file) X(proxy)
+	X(ca_file) X(proxy) \
+	X(redis_url) X(redis_prefix) X(node_id) X(leader_ttl) X(fleet_fallback)
 
 /* ---- host -> core ---------------------------------------------------------------------- */
 

@@ -5,9 +5,10 @@
 #   3. the real Kamailio, module against bench/script-approach.cfg, same fake feed: load CPU and
 #      wall time, instructions per request (callgrind), sipp throughput, shared memory per entry
 #   4. SIP round-trip times while the table is replaced every second (bench/kamailio_bench.py)
+#   5. fleet mode: publish to last follower, follower CPU, Redis memory and traffic (bench/fleet_bench.py)
 # then writes BENCHMARKS.md and bench/load-cpu.png (bench/report.py), and bench/results.json.
 #
-#   bash scripts/bench.sh          full run, ~15 minutes
+#   bash scripts/bench.sh          full run, ~20 minutes (the fleet part ~5)
 #   bash scripts/bench.sh --tiny   tiny sizes, a couple of minutes; keeps it working in CI and writes
 #                                  nothing in the repository (results in a temp dir, removed)
 #
@@ -66,6 +67,11 @@ kargs=(--module "$module" --out "$results")
 [[ -n ${APIBAN_BENCH_KEEP:-} ]] && kargs+=(--keep)
 [[ -n $tiny ]] && kargs+=(--tiny)
 "$PYTHON" bench/kamailio_bench.py "${kargs[@]}"
+
+echo "== 5. fleet mode: one leader and three followers on one Redis"
+fargs=(--module "$module" --out "$results")
+[[ -n $tiny ]] && fargs+=(--tiny)
+"$PYTHON" bench/fleet_bench.py "${fargs[@]}"
 
 "$PYTHON" - "$results/run.json" "$start" <<'EOF'
 import json, sys, time

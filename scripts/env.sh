@@ -4,7 +4,7 @@ if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
 if ! command -v cargo >/dev/null 2>&1; then
-    echo "cargo not found: install Rust 1.82 or newer with rustup (https://rustup.rs), then run this again" >&2
+    echo "cargo not found: install Rust 1.88 or newer with rustup (https://rustup.rs), then run this again" >&2
     exit 1
 fi
 # The interpreter itself, not a wrapper script: tests stop what they start by PID.

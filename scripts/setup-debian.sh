@@ -9,6 +9,7 @@
 #     so build.rs can read the binary's own defines.
 #   - openssl (the TLS tests make their own CA), tinyproxy (the proxy tests start their own),
 #     ca-certificates (the system trust store the module reads);
+#   - redis-server and redis-sentinel for the fleet tests (started by the tests on their own ports);
 # Idempotent: a second run only checks.
 set -euo pipefail
 source "$(dirname "$0")/debian-source.sh"
@@ -28,6 +29,8 @@ need_pkgs=(kamailio kamailio-utils-modules kamailio-extra-modules kamailio-lua-m
            ca-certificates openssl tinyproxy)
 # libfaketime: a test steps the server's wall clock back under it (tests/test_feed_edges.py).
 need_pkgs+=(faketime)
+# Fleet mode (tests/test_fleet.py): the tests start their own Redis and Sentinel instances.
+need_pkgs+=(redis-server redis-sentinel redis-tools)
 missing=()
 for p in "${need_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -40,9 +43,10 @@ if ((${#missing[@]})); then
     echo "setup: installing ${missing[*]}"
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian starts the packaged kamailio and tinyproxy services on install; the tests run their own.
+# Debian starts the packaged kamailio, tinyproxy and redis services on install; the tests run their
+# own instances (own port, own directory, own config), never the system's.
 if command -v systemctl >/dev/null 2>&1; then
-    for unit in kamailio tinyproxy; do systemctl disable --now "$unit" >/dev/null 2>&1 || true; done
+    for unit in kamailio tinyproxy redis-server redis-sentinel; do systemctl disable --now "$unit" >/dev/null 2>&1 || true; done
 fi
 
 # The source of exactly the installed binary, from the running release: apt-get source needs a

@@ -2,6 +2,7 @@
 //! mod_init. Every message names the parameter and says what is wrong with the value; none
 //! ever contains the API key.
 
+use crate::fleet::RedisTarget;
 use ipnet::IpNet;
 use std::path::PathBuf;
 
@@ -32,6 +33,16 @@ pub struct Config {
     pub ca_file: Option<PathBuf>,
     /// The HTTP proxy the feed is reached through.
     pub proxy: Option<crate::proxy::Proxy>,
+    /// Fleet mode: the Redis the fleet shares. None: standalone, as before.
+    pub redis_url: Option<RedisTarget>,
+    /// The fleet's namespace in Redis.
+    pub redis_prefix: String,
+    /// This node's name in Redis and stats; the host name when unset (filled in by finish).
+    pub node_id: Option<String>,
+    /// Seconds a leader's lease lasts without renewal.
+    pub leader_ttl: u64,
+    /// Seconds of Redis trouble after which a node pulls APIBAN on its own; 0 = never.
+    pub fleet_fallback: u64,
 }
 
 /// The parameters after mod_init's checks: the key resolved, the allow-list complete.
@@ -60,6 +71,11 @@ impl Default for Config {
             allow_file: None,
             ca_file: None,
             proxy: None,
+            redis_url: None,
+            redis_prefix: "apiban".into(),
+            node_id: None,
+            leader_ttl: 30,
+            fleet_fallback: 900,
         }
     }
 }
@@ -211,6 +227,11 @@ impl Config {
             "allow_file" => self.allow_file = Some(path(name, v)?),
             "ca_file" => self.ca_file = Some(path(name, v)?),
             "proxy" => self.proxy = Some(crate::proxy::parse(v).map_err(|e| err(name, e))?),
+            "redis_url" => self.redis_url = Some(RedisTarget::parse(v)?),
+            "redis_prefix" => self.redis_prefix = fleet_name(name, v)?,
+            "node_id" => self.node_id = Some(fleet_name(name, v)?),
+            "leader_ttl" => self.leader_ttl = seconds(name, v, 2, 3600)?,
+            "fleet_fallback" => self.fleet_fallback = seconds(name, v, 0, 30 * 86400)?,
             _ => return Err(format!("unknown parameter '{name}'")),
         }
         Ok(())
@@ -260,6 +281,7 @@ impl Config {
             }
         }
         self.check_ca_file()?;
+        self.check_fleet()?;
         Ok(Settings { key, cfg: self })
     }
 
@@ -271,6 +293,44 @@ impl Config {
             None => Ok(()),
         }
     }
+
+    /// Fleet mode's parameters together: the node's name defaults to the host name, and a node
+    /// does not fall back to pulling alone before a lease could have changed hands.
+    fn check_fleet(&mut self) -> Result<(), String> {
+        if self.redis_url.is_none() {
+            return Ok(());
+        }
+        if self.node_id.is_none() {
+            let host = host_name().ok_or_else(|| err("node_id", "not set and the host name cannot be read: set node_id".into()))?;
+            self.node_id = Some(fleet_name("node_id", &host).map_err(|e| format!("{e} (the host name): set node_id"))?);
+        }
+        if self.fleet_fallback != 0 && self.fleet_fallback < self.leader_ttl {
+            return Err(err(
+                "fleet_fallback",
+                format!("{} s is shorter than leader_ttl ({} s): use 0 (never) or at least leader_ttl", self.fleet_fallback, self.leader_ttl),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `redis_prefix` and `node_id`: printable ASCII without blanks, at most 64 characters, so that
+/// keys and lease values stay readable in redis-cli and stats.
+fn fleet_name(name: &str, v: &str) -> Result<String, String> {
+    if v.is_empty() || v.len() > 64 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(err(name, format!("'{}' must be 1 to 64 printable characters without blanks", v.escape_debug())));
+    }
+    Ok(v.to_string())
+}
+
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return None;
+    }
+    let n = buf.iter().position(|&b| b == 0)?;
+    String::from_utf8(buf[..n].to_vec()).ok().filter(|h| !h.is_empty())
 }
 
 #[cfg(test)]
@@ -342,6 +402,50 @@ mod tests {
             assert!(e.contains(&format!("'{n}'")), "{n}={v}: {e}");
         }
         assert!(set(&[("nosuch", "1")]).unwrap_err().contains("unknown parameter 'nosuch'"));
+    }
+
+    #[test]
+    fn fleet_parameters() {
+        let c = Config::default();
+        assert_eq!((c.redis_url.is_none(), c.redis_prefix.as_str(), c.leader_ttl, c.fleet_fallback), (true, "apiban", 30, 900));
+        let s = set(&[
+            ("apikey", "k1234"),
+            ("redis_url", "redis://:s3cret@127.0.0.1:6390/2"),
+            ("redis_prefix", "pop1:apiban"),
+            ("node_id", "proxy-a"),
+            ("leader_ttl", "3"),
+            ("fleet_fallback", "0"),
+        ])
+        .unwrap()
+        .finish(None)
+        .unwrap();
+        assert_eq!(s.cfg.redis_url.as_ref().unwrap().password.as_deref(), Some("s3cret"));
+        assert_eq!((s.cfg.node_id.as_deref(), s.cfg.leader_ttl, s.cfg.fleet_fallback), (Some("proxy-a"), 3, 0));
+        // Debug output (and so any accidental log of the config) never shows the password.
+        assert!(!format!("{:?}", s.cfg).contains("s3cret"));
+        // node_id defaults to the host name.
+        let s = set(&[("apikey", "k1234"), ("redis_url", "redis://127.0.0.1")]).unwrap().finish(None).unwrap();
+        assert!(!s.cfg.node_id.unwrap().is_empty());
+        // Standalone: no node_id is made up.
+        assert!(set(&[("apikey", "k1234")]).unwrap().finish(None).unwrap().cfg.node_id.is_none());
+        for (n, v) in [
+            ("redis_url", "http://127.0.0.1"),
+            ("redis_url", "redis://:s3cret@h:0"),
+            ("redis_prefix", ""),
+            ("redis_prefix", "a b"),
+            ("node_id", "x".repeat(65).as_str()),
+            ("leader_ttl", "1"),
+            ("leader_ttl", "2h"),
+            ("fleet_fallback", "soon"),
+        ] {
+            let e = set(&[(n, v)]).unwrap_err();
+            assert!(e.contains(&format!("'{n}'")) && !e.contains("s3cret"), "{n}={v}: {e}");
+        }
+        let e = set(&[("apikey", "k1234"), ("redis_url", "redis://h"), ("leader_ttl", "60"), ("fleet_fallback", "30")])
+            .unwrap()
+            .finish(None)
+            .unwrap_err();
+        assert!(e.contains("'fleet_fallback'"), "{e}");
     }
 
     #[test]
@@ -426,7 +530,7 @@ mod tests {
         let header = include_str!("../c-shim/apiban.h");
         let list = header.split("#define APIBAN_PARAMS(X)").nth(1).unwrap().split("\n\n").next().unwrap();
         let names: Vec<&str> = list.split("X(").skip(1).map(|s| s.split(')').next().unwrap()).collect();
-        assert_eq!(names.len(), 16);
+        assert_eq!(names.len(), 21);
         for n in names {
             let e = Config::default().set(n, "").err().unwrap_or_default();
             assert!(!e.contains("unknown parameter"), "{n}: {e}");

@@ -11,6 +11,7 @@ mod boundary;
 mod config;
 mod feed;
 mod ffi;
+mod fleet;
 mod log;
 mod module;
 #[cfg(test)]

@@ -21,6 +21,8 @@ static HOST: AtomicPtr<apiban_host> = AtomicPtr::new(std::ptr::null_mut());
 static SECRET: OnceLock<String> = OnceLock::new();
 /// The proxy's password, redacted like the key.
 static PROXY_PASSWORD: OnceLock<String> = OnceLock::new();
+/// Fleet mode's Redis password, redacted as the key is.
+static REDIS_SECRET: OnceLock<String> = OnceLock::new();
 
 /// Installs the host callbacks. The pointer must stay valid for the life of the process (the
 /// shims pass a static table).
@@ -49,15 +51,21 @@ pub fn set_proxy_password(password: &str) {
     }
 }
 
-pub fn redact(text: &str) -> String {
-    let text = match SECRET.get() {
-        Some(k) if text.contains(k.as_str()) => text.replace(k.as_str(), "***"),
-        _ => text.to_string(),
-    };
-    match PROXY_PASSWORD.get() {
-        Some(p) if text.contains(p.as_str()) => text.replace(p.as_str(), "***"),
-        _ => text,
+/// Registers the Redis password of `redis_url`: from now on it is replaced by `***` too.
+pub fn set_redis_secret(password: &str) {
+    if !password.is_empty() {
+        let _ = REDIS_SECRET.set(password.to_string());
     }
+}
+
+pub fn redact(text: &str) -> String {
+    let mut out = text.to_string();
+    for s in [SECRET.get(), PROXY_PASSWORD.get(), REDIS_SECRET.get()].into_iter().flatten() {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "***");
+        }
+    }
+    out
 }
 
 pub fn enabled(level: Level) -> bool {
@@ -125,5 +133,7 @@ mod tests {
     fn any_key_is_redacted_however_short() {
         set_secret("k9");
         assert_eq!(redact("GET /api/k9/banned: refused"), "GET /api/***/banned: refused");
+        set_redis_secret("pw7");
+        assert_eq!(redact("k9 and pw7"), "*** and ***");
     }
 }

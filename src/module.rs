@@ -58,6 +58,9 @@ pub fn init() -> Result<(), String> {
     if let Some(pw) = settings.cfg.proxy.as_ref().and_then(|p| p.password()) {
         crate::log::set_proxy_password(pw);
     }
+    if let Some(p) = settings.cfg.redis_url.as_ref().and_then(|t| t.password.as_deref()) {
+        crate::log::set_redis_secret(p);
+    }
     let max = settings.cfg.max_entries;
     let table = Table::new(max).map_err(|e| {
         format!("parameter 'max_entries': cannot reserve shared memory for {max} entries: {e}")
@@ -114,6 +117,7 @@ pub fn init() -> Result<(), String> {
         table.reserved_bytes() >> 20,
         allow.len()
     );
+    crate::refresher::fleet_init(&settings, &stats);
     let _ = MODULE.set(Module { settings, table, stats, allow, initial: Mutex::new(initial) });
     Ok(())
 }

@@ -6,6 +6,12 @@
 //! addresses are gathered aside and published in one step when the feed says there is nothing
 //! newer. On any error the pull stays where it was and resumes from its last good ID after a
 //! backoff; the published table is never touched by a failure.
+//!
+//! In fleet mode (`redis_url`, see fleet.rs beside this file) only the node that holds the
+//! fleet's lease pulls; the others take the list from Redis.
+
+mod fleet;
+pub use fleet::fleet_init;
 
 use crate::addr::Key;
 use crate::feed::{ApiVersion, Batch, Feed, FeedError, Net, START_ID};
@@ -175,6 +181,8 @@ struct Refresher<'l> {
     /// What the state says after "ok" while the list holds addresses that arrived already
     /// expired: kept by incremental pulls, cleared by a full pull without any.
     stale_note: Option<String>,
+    /// Fleet mode: this node's part in the fleet. None: standalone.
+    fleet: Option<fleet::FleetNode>,
 }
 
 impl<'l> Refresher<'l> {
@@ -196,6 +204,7 @@ impl<'l> Refresher<'l> {
             rng: (std::process::id() as u64) << 32 ^ unix_now() | 1,
             overflow_logged: false,
             stale_note: None,
+            fleet: fleet::FleetNode::new(&m.settings),
         };
         // Resume from the snapshot read before the fork: an incremental pull brings it up to date.
         if let Some(s) = m.initial.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -225,12 +234,18 @@ impl<'l> Refresher<'l> {
             self.m.table.set_now(now);
             crate::log::host_tick();
             let c = self.m.stats.get();
-            if c.reload.swap(0, Relaxed) != 0 {
+            if c.reload.swap(0, Relaxed) != 0 && !self.fleet_reload() {
                 log_info!("reload requested: full pull now");
                 self.failures = 0;
                 self.retry_at = None;
                 num!(c, backoff_until).store(0, Relaxed);
                 self.start(true, "reload");
+            }
+            if !self.fleet_tick() {
+                // A follower: Redis brings the list; a pull of an earlier role is dropped.
+                self.pull = None;
+                std::thread::sleep(TICK);
+                continue;
             }
             let mono = Instant::now();
             if self.pull.is_none() && mono >= self.next_pull {
@@ -275,11 +290,15 @@ impl<'l> Refresher<'l> {
 
     fn step(&mut self) {
         let Some(cursor) = self.pull.as_ref().map(|p| p.cursor) else { return };
+        if !self.fleet_before_request() {
+            return;
+        }
         let c = self.m.stats.get();
         num!(c, requests).fetch_add(1, Relaxed);
         let result = self.feed.fetch(cursor);
         // Recorded once complete, failed or not: the feed may have counted it either way.
         self.limiter.record(Instant::now());
+        self.fleet_after_request();
         if let Some(p) = self.pull.as_mut() {
             p.requests += 1;
         }
@@ -364,6 +383,7 @@ impl<'l> Refresher<'l> {
         let cfg = &self.m.settings.cfg;
         let now = unix_now();
         let before = self.master.len();
+        let fleet_delta = self.fleet_delta(&p.got, p.full, now);
         let (added, relisted) = if p.full {
             let added = p.got.keys().filter(|k| !self.master.contains_key(k)).count();
             self.master = p.got;
@@ -423,6 +443,10 @@ impl<'l> Refresher<'l> {
         }
         if changed {
             self.save_snapshot(now);
+        }
+        if self.fleet_mode() {
+            // Keeping the newest dropped addresses the delta does not name: write it all.
+            self.fleet_synced(fleet_delta.filter(|_| dropped == 0), p.full, now);
         }
         let level = if changed || p.skipped > 0 { crate::log::Level::Info } else { crate::log::Level::Dbg };
         crate::log::write(
@@ -517,7 +541,7 @@ mod tests {
             // Every kind of path: fast, a slow first request of a connection (DNS, TCP, TLS),
             // a slow connection every few requests, a request that arrives late and fails.
             let slow_first = |i: usize| if i == 0 { Duration::from_millis(1500) } else { Duration::from_millis(2) };
-            let every_third = |i: usize| if i % 3 == 0 { Duration::from_millis(1500) } else { Duration::ZERO };
+            let every_third = |i: usize| if i.is_multiple_of(3) { Duration::from_millis(1500) } else { Duration::ZERO };
             let flat = |_| Duration::from_millis(5);
             for arrivals in [
                 simulate(max, window, 40, slow_first, flat),

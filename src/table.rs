@@ -511,7 +511,7 @@ mod tests {
         }
         let mut publishes = 0u64;
         while (0..READERS).any(|r| res(3 * r + 2).load(Acquire) == 0) {
-            let next = if publishes % 2 == 0 { &b } else { &a };
+            let next = if publishes.is_multiple_of(2) { &b } else { &a };
             t.publish(&Entries { v4: next, v6: &v6_common }, publishes);
             publishes += 1;
         }

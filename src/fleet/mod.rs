@@ -1,0 +1,802 @@
+//! Fleet mode (issue 12): the proxies that share one Redis and `redis_prefix` share one APIBAN
+//! pull. This is the refresher's Redis client: the lease that makes one node the only one that
+//! talks to APIBAN, the fleet-wide request history the rate limiter needs, the shared list the
+//! leader writes and the followers read. The refresher decides what to do; this module says
+//! what Redis says, with its errors classified for stats.
+//!
+//! Process model: only the refresher process owns a `Fleet`, made after the fork; nothing here
+//! connects before its first call (a socket opened in mod_init would be shared by every child).
+//! Blocking calls with timeouts, no thread.
+//!
+//! Two talkers never overlap: a leader checks its lease (the fencing token in `P:leader`)
+//! before each request, and that check stretches the lease over the request's longest possible
+//! duration, so no successor can take it while a request may still be in flight. Every write
+//! checks the same token. Redlock across several masters is not used: a rare double talker
+//! would cost one extra request, not a corrupt list.
+
+pub mod layout;
+#[cfg(test)]
+mod redis_tests;
+pub mod target;
+
+use crate::addr::Key;
+use layout::{decode_history, decode_list, decode_log, member, Delta, Keys, Meta, CHUNK, FORMAT, LOG_KEEP, META_FIELDS, STAGING_TTL_S};
+use redis::{Client, Connection, ConnectionAddr, ConnectionLike, IntoConnectionInfo, RedisConnectionInfo, Script, Value};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+pub use target::{Endpoint, RedisTarget};
+
+/// How long a failed connect waits before the next try.
+const RECONNECT: Duration = Duration::from_secs(1);
+
+/// What a node needs to know to join the fleet.
+#[derive(Clone, Debug)]
+pub struct FleetSettings {
+    pub target: RedisTarget,
+    pub prefix: String,
+    pub node_id: String,
+    pub leader_ttl: Duration,
+    /// Connect, read and write timeout of one Redis call.
+    pub timeout: Duration,
+    /// The longest an APIBAN request can take (the feed client's deadline): the lease is
+    /// stretched over it before each request.
+    pub request_max: Duration,
+    /// The rate limit's window: how far back the request history matters.
+    pub window: Duration,
+    /// PEM bundle trusted for rediss:// in addition to the system store.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Redis trouble, classified for stats and logs. Texts never hold the password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FleetError {
+    /// Not reachable, refused, timed out, dropped, or a replica where a master was expected.
+    Unavailable(String),
+    /// Redis refused the credentials, or wants some.
+    Auth(String),
+    /// Data under the prefix that is not ours: wrong types, another format, truncated. Refused,
+    /// never overwritten.
+    Garbage(String),
+    /// Any other error reply (out of memory, a script error, ...).
+    Server(String),
+    /// Our lease is gone (expired, or taken by another node): not an error of Redis.
+    LeaseLost,
+}
+
+impl fmt::Display for FleetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FleetError::Unavailable(m) => write!(f, "redis unavailable: {m}"),
+            FleetError::Auth(m) => write!(f, "redis refused the credentials: {m}"),
+            FleetError::Garbage(m) => write!(f, "redis holds data that is not ours: {m}"),
+            FleetError::Server(m) => write!(f, "redis error: {m}"),
+            FleetError::LeaseLost => write!(f, "the leader lease is no longer ours"),
+        }
+    }
+}
+
+/// Where this node stands after `lease()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseState {
+    /// We hold the lease. `taken`: just now (the caller catches up, loads the history).
+    Leader { token: u64, taken: bool },
+    /// Another node holds it.
+    Follower { leader: String },
+}
+
+/// What a follower's `poll()` found.
+#[derive(Debug, PartialEq)]
+pub enum Poll {
+    /// Nothing newer than what we hold.
+    Same(Meta),
+    /// No shared list at all: no leader has written yet, or Redis restarted empty.
+    Empty,
+    /// A newer version: apply it.
+    Update { meta: Meta, change: Change },
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Change {
+    /// The whole list: replaces what is held.
+    Full(Vec<(Key, u32)>),
+    /// Set these listing times, drop these addresses.
+    Delta { add: Vec<(Key, u32)>, del: Vec<Key> },
+}
+
+/// What an incremental sync changed: the addresses added or relisted (with their listing
+/// time) and those dropped.
+#[derive(Clone, Copy, Debug)]
+pub struct Changed<'a> {
+    pub add: &'a [(Key, u32)],
+    pub del: &'a [Key],
+}
+
+/// The sync a leader publishes, besides its addresses.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyncInfo {
+    pub last_id: u64,
+    /// Unix time of the sync.
+    pub synced_at: u64,
+    /// Unix time of the last full pull: the fleet's full_resync schedule.
+    pub full_at: u64,
+}
+
+struct Lease {
+    token: u64,
+    value: String,
+    renewed: Instant,
+}
+
+enum Connector {
+    Direct(Box<Client>),
+    Sentinel(Box<redis::sentinel::SentinelClient>),
+}
+
+struct Scripts {
+    take: Script,
+    renew: Script,
+    release: Script,
+    reserve: Script,
+    done: Script,
+    history: Script,
+    delta: Script,
+    commit: Script,
+}
+
+pub struct Fleet {
+    s: FleetSettings,
+    keys: Keys,
+    /// None when the settings cannot make a client (a bad ca_file): every call says why.
+    connector: Result<Connector, FleetError>,
+    conn: Option<Connection>,
+    retry_at: Option<Instant>,
+    last_err: Option<FleetError>,
+    scripts: Scripts,
+    lease: Option<Lease>,
+    /// The list version we hold: (epoch, version), read or written.
+    seen: Option<(String, u64)>,
+    /// The node that holds the lease, as last seen.
+    holder: String,
+    /// Requests reserved in the fleet's history by this node.
+    requests: u64,
+    errors: u64,
+}
+
+/// The trusted roots for rediss://, as the feed's client has them (src/tls.rs): the system's
+/// bundle plus `ca_file`. redis-rs takes either its own reading of the system store or one
+/// bundle of ours, so with a `ca_file` the bundle is the system's and the file's together.
+fn roots(ca_file: &Option<PathBuf>) -> Result<Option<Vec<u8>>, String> {
+    let Some(p) = ca_file else { return Ok(None) };
+    let extra = std::fs::read(p).map_err(|e| format!("cannot read ca_file {}: {e}", p.display()))?;
+    let system = crate::tls::system_bundle(std::env::var_os("SSL_CERT_FILE").map(PathBuf::from), |p| p.exists());
+    let mut pem = system.and_then(|s| std::fs::read(s).ok()).unwrap_or_default();
+    pem.push(b'\n');
+    pem.extend_from_slice(&extra);
+    Ok(Some(pem))
+}
+
+fn redis_info(t: &RedisTarget) -> RedisConnectionInfo {
+    let mut r = RedisConnectionInfo::default().set_db(t.db).set_lib_name("apiban", env!("CARGO_PKG_VERSION"));
+    if let Some(u) = &t.username {
+        r = r.set_username(u);
+    }
+    if let Some(p) = &t.password {
+        r = r.set_password(p);
+    }
+    r
+}
+
+fn connector(s: &FleetSettings) -> Result<Connector, FleetError> {
+    let t = &s.target;
+    let certs = roots(&s.ca_file).map_err(FleetError::Unavailable)?;
+    let tls_certs = || redis::TlsCertificates { client_tls: None, root_cert: certs.clone() };
+    let bad = |e: redis::RedisError| FleetError::Unavailable(format!("cannot use {t}: {}", e.category()));
+    match &t.endpoint {
+        Endpoint::Tcp { host, port } => {
+            let addr = if t.tls {
+                ConnectionAddr::TcpTls { host: host.clone(), port: *port, insecure: false, tls_params: None }
+            } else {
+                ConnectionAddr::Tcp(host.clone(), *port)
+            };
+            let info = addr.into_connection_info().map_err(bad)?.set_redis_settings(redis_info(t));
+            let client = match (&certs, t.tls) {
+                (Some(_), true) => Client::build_with_tls(info, tls_certs()),
+                _ => Client::open(info),
+            };
+            client.map(|c| Connector::Direct(Box::new(c))).map_err(bad)
+        }
+        Endpoint::Unix(p) => {
+            let info = ConnectionAddr::Unix(p.clone()).into_connection_info().map_err(bad)?.set_redis_settings(redis_info(t));
+            Client::open(info).map(|c| Connector::Direct(Box::new(c))).map_err(bad)
+        }
+        Endpoint::Sentinel { nodes, master } => {
+            use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+            let addrs = nodes.iter().map(|(h, p)| {
+                if t.tls {
+                    ConnectionAddr::TcpTls { host: h.clone(), port: *p, insecure: false, tls_params: None }
+                } else {
+                    ConnectionAddr::Tcp(h.clone(), *p)
+                }
+            });
+            let mut b = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master).map_err(bad)?.set_client_to_redis_db(t.db);
+            if let Some(u) = &t.username {
+                b = b.set_client_to_redis_username(u);
+            }
+            if let Some(p) = &t.password {
+                b = b.set_client_to_redis_password(p);
+            }
+            if t.tls {
+                b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure).set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+                if certs.is_some() {
+                    b = b.set_client_to_redis_certificates(tls_certs()).set_client_to_sentinel_certificates(tls_certs());
+                }
+            }
+            b.build().map(|c| Connector::Sentinel(Box::new(c))).map_err(bad)
+        }
+    }
+}
+
+/// Sorts a redis-rs error into our classes. Its texts name no URL and no password; the
+/// password is still scrubbed, should a server ever echo it.
+fn classify(e: &redis::RedisError, password: Option<&str>) -> FleetError {
+    use redis::ErrorKind as K;
+    // In a MULTI or a pipeline the reason is the failing command's, not EXEC's abort.
+    let inner = e.clone().into_server_errors().and_then(|errs| {
+        errs.iter().min_by_key(|(i, _)| *i == usize::MAX).map(|(_, s)| (s.code().to_string(), s.details().map(str::to_string)))
+    });
+    let (code, detail) = inner.unwrap_or_else(|| (e.code().unwrap_or("").to_string(), e.detail().map(str::to_string)));
+    let mut text = match detail {
+        Some(d) if !code.is_empty() => format!("{code} {d}"),
+        _ => e.to_string(),
+    };
+    if let Some(p) = password.filter(|p| !p.is_empty()) {
+        text = text.replace(p, "***");
+    }
+    if e.is_timeout() {
+        return FleetError::Unavailable(format!("timed out ({text})"));
+    }
+    match (e.kind(), code.as_str()) {
+        (K::AuthenticationFailed, _) | (_, "NOAUTH" | "WRONGPASS" | "NOPERM") => FleetError::Auth(text),
+        (_, "WRONGTYPE") | (K::Parse | K::UnexpectedReturnType, _) => FleetError::Garbage(text),
+        (_, "READONLY" | "LOADING" | "MASTERDOWN") => FleetError::Unavailable(text),
+        (K::Io | K::MasterNameNotFoundBySentinel | K::EmptySentinelList | K::InvalidClientConfig, _) => FleetError::Unavailable(text),
+        _ if e.is_connection_dropped() || e.is_connection_refusal() => FleetError::Unavailable(text),
+        _ => FleetError::Server(text),
+    }
+}
+
+fn new_epoch() -> String {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    let mut x = u64::from_le_bytes(b);
+    if n != b.len() as isize {
+        // No entropy source: time and pid are unique enough for an epoch name.
+        x = crate::module::unix_now() << 20 ^ std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    }
+    format!("{x:016x}")
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+impl Fleet {
+    /// No I/O: the first call connects.
+    pub fn new(s: FleetSettings) -> Fleet {
+        let keys = Keys::new(&s.prefix);
+        let connector = connector(&s);
+        Fleet {
+            keys,
+            connector,
+            conn: None,
+            retry_at: None,
+            last_err: None,
+            scripts: Scripts {
+                take: Script::new(layout::TAKE),
+                renew: Script::new(layout::RENEW),
+                release: Script::new(layout::RELEASE),
+                reserve: Script::new(layout::RESERVE),
+                done: Script::new(layout::DONE),
+                history: Script::new(layout::HISTORY),
+                delta: Script::new(&layout::publish_delta_script()),
+                commit: Script::new(&layout::commit_full_script()),
+            },
+            lease: None,
+            seen: None,
+            holder: String::new(),
+            requests: 0,
+            errors: 0,
+            s,
+        }
+    }
+
+    pub fn settings(&self) -> &FleetSettings {
+        &self.s
+    }
+
+    /// Failed Redis calls so far (each real attempt counts once).
+    pub fn errors(&self) -> u64 {
+        self.errors
+    }
+
+    /// The list version held (read or written), 0 before the first.
+    pub fn version(&self) -> u64 {
+        self.seen.as_ref().map_or(0, |s| s.1)
+    }
+
+    /// The node id of the lease holder as last seen ("" when unknown or none).
+    pub fn leader(&self) -> &str {
+        &self.holder
+    }
+
+    #[cfg(test)]
+    pub fn is_leader(&self) -> bool {
+        self.lease.is_some()
+    }
+
+    /// Forgets the list version held: the next poll reads the whole list.
+    pub fn forget_version(&mut self) {
+        self.seen = None;
+    }
+
+    fn connect(&mut self) -> Result<(), FleetError> {
+        let password = self.s.target.password.clone();
+        let timeout = self.s.timeout;
+        let client = match self.connector.as_mut().map_err(|e| e.clone())? {
+            Connector::Direct(c) => (**c).clone(),
+            Connector::Sentinel(s) => s.get_client().map_err(|e| classify(&e, password.as_deref()))?,
+        };
+        let c = client.get_connection_with_timeout(timeout).map_err(|e| classify(&e, password.as_deref()))?;
+        c.set_read_timeout(Some(timeout)).and_then(|_| c.set_write_timeout(Some(timeout))).map_err(|e| classify(&e, password.as_deref()))?;
+        self.conn = Some(c);
+        Ok(())
+    }
+
+    /// Runs one exchange with Redis on the connection, connecting first when needed. An
+    /// error that leaves the connection in doubt drops it; the next call reconnects, at most
+    /// once per RECONNECT.
+    fn run<T>(&mut self, f: impl FnOnce(&mut Connection, &Keys, &Scripts) -> redis::RedisResult<T>) -> Result<T, FleetError> {
+        if self.conn.is_none() {
+            if let (Some(t), Some(e)) = (self.retry_at, &self.last_err) {
+                if Instant::now() < t {
+                    return Err(e.clone());
+                }
+            }
+            if let Err(e) = self.connect() {
+                self.errors += 1;
+                self.retry_at = Some(Instant::now() + RECONNECT);
+                self.last_err = Some(e.clone());
+                return Err(e);
+            }
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        match f(conn, &self.keys, &self.scripts) {
+            Ok(v) => {
+                self.last_err = None;
+                Ok(v)
+            }
+            Err(e) => {
+                let fe = classify(&e, self.s.target.password.as_deref());
+                self.errors += 1;
+                if matches!(fe, FleetError::Unavailable(_) | FleetError::Auth(_)) || !conn.is_open() {
+                    self.conn = None;
+                    self.retry_at = Some(Instant::now() + RECONNECT);
+                }
+                self.last_err = Some(fe.clone());
+                Err(fe)
+            }
+        }
+    }
+
+    /// Takes the lease when nobody holds it, renews ours when a third of `leader_ttl` has
+    /// passed. Cheap enough for every tick (one short script, or nothing).
+    pub fn lease(&mut self) -> Result<LeaseState, FleetError> {
+        let ttl = ms(self.s.leader_ttl);
+        if let Some(l) = &self.lease {
+            let since = l.renewed.elapsed();
+            if since >= self.s.leader_ttl {
+                // Redis has dropped it by now, whether or not we can reach it.
+                self.lease = None;
+            } else if since < self.s.leader_ttl / 3 {
+                return Ok(LeaseState::Leader { token: l.token, taken: false });
+            } else {
+                let (token, value) = (l.token, l.value.clone());
+                let r: Value = self.run(|c, k, s| s.renew.key(&k.leader).arg(&value).arg(ttl).invoke(c))?;
+                return match r {
+                    Value::Array(a) if matches!(a.first(), Some(Value::Int(1))) => {
+                        if let Some(l) = self.lease.as_mut() {
+                            l.renewed = Instant::now();
+                        }
+                        Ok(LeaseState::Leader { token, taken: false })
+                    }
+                    Value::Array(a) => {
+                        self.lease = None;
+                        self.holder = a.get(1).map(holder_node).unwrap_or_default();
+                        Err(FleetError::LeaseLost)
+                    }
+                    _ => Err(FleetError::Garbage(format!("{}: unexpected reply", self.keys.leader))),
+                };
+            }
+        }
+        let node = self.s.node_id.clone();
+        let r: Value = self.run(|c, k, s| s.take.key(&k.leader).key(&k.fence).arg(&node).arg(ttl).invoke(c))?;
+        match r {
+            Value::Array(a) if matches!(a.first(), Some(Value::Int(1))) => {
+                let Some(Value::Int(token)) = a.get(1) else {
+                    return Err(FleetError::Garbage(format!("{}: not a counter", self.keys.fence)));
+                };
+                let token = *token as u64;
+                self.lease = Some(Lease { token, value: format!("{node}:{token}"), renewed: Instant::now() });
+                self.holder = node;
+                Ok(LeaseState::Leader { token, taken: true })
+            }
+            Value::Array(a) => {
+                self.holder = a.get(1).map(holder_node).unwrap_or_default();
+                Ok(LeaseState::Follower { leader: self.holder.clone() })
+            }
+            _ => Err(FleetError::Garbage(format!("{}: unexpected reply", self.keys.leader))),
+        }
+    }
+
+    /// Lets the lease go on a clean stop, if it is still ours.
+    pub fn release(&mut self) {
+        if let Some(l) = self.lease.take() {
+            let _ = self.run(|c, k, s| s.release.key(&k.leader).arg(&l.value).invoke::<Value>(c));
+        }
+    }
+
+    /// Right before an APIBAN request: is the lease still ours? If so it now covers the whole
+    /// request, and the request is in the fleet's history. `Err(LeaseLost)`: do not send.
+    pub fn before_request(&mut self) -> Result<(), FleetError> {
+        let Some(l) = &self.lease else { return Err(FleetError::LeaseLost) };
+        self.requests += 1;
+        let (value, member) = (l.value.clone(), format!("{}:{}", l.token, self.requests));
+        let lease_ms = ms(self.s.leader_ttl.max(self.s.request_max + Duration::from_secs(1)));
+        let (hold, keep) = (ms(self.s.request_max), ms(self.s.window) + ms(self.s.request_max));
+        let r: i64 = self
+            .run(|c, k, s| s.reserve.key(&k.leader).key(&k.requests).arg(&value).arg(lease_ms).arg(hold).arg(keep).arg(&member).invoke(c))?;
+        if r < 0 {
+            self.lease = None;
+            return Err(FleetError::LeaseLost);
+        }
+        if let Some(l) = self.lease.as_mut() {
+            // Renewed for lease_ms, which is at least leader_ttl.
+            l.renewed = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Right after the reply is complete: records its completion time in the fleet's
+    /// history and brings the lease back to `leader_ttl`.
+    pub fn after_request(&mut self) -> Result<(), FleetError> {
+        let Some(l) = &self.lease else { return Err(FleetError::LeaseLost) };
+        let (value, member) = (l.value.clone(), format!("{}:{}", l.token, self.requests));
+        let ttl = ms(self.s.leader_ttl);
+        let r: i64 = self.run(|c, k, s| s.done.key(&k.leader).key(&k.requests).arg(&value).arg(ttl).arg(&member).invoke(c))?;
+        if r == 0 {
+            self.lease = None;
+            return Err(FleetError::LeaseLost);
+        }
+        if let Some(l) = self.lease.as_mut() {
+            l.renewed = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// The fleet's APIBAN requests within the rate limit's window (plus a request's length), as
+    /// offsets from now in ms: positive in the past, negative not yet completed. A new leader
+    /// seeds its limiter with them, so the fleet keeps one budget across a hand-over.
+    pub fn history(&mut self) -> Result<Vec<i64>, FleetError> {
+        let keep = ms(self.s.window) + ms(self.s.request_max);
+        let r: Value = self.run(|c, k, s| s.history.key(&k.requests).arg(keep).invoke(c))?;
+        decode_history(&r).map_err(|e| FleetError::Garbage(format!("{}: {e}", self.keys.requests)))
+    }
+
+    /// What is new in Redis since the version we hold. One round trip when nothing is.
+    pub fn poll(&mut self) -> Result<Poll, FleetError> {
+        let seen = self.seen.clone();
+        let from = seen.as_ref().map_or(1, |s| s.1 + 1);
+        let replies: Vec<Value> = self.run(|c, k, _| {
+            let mut p = redis::pipe();
+            p.atomic().cmd("HMGET").arg(&k.meta).arg(&META_FIELDS[..]);
+            if seen.is_some() {
+                p.cmd("XRANGE").arg(&k.log).arg(format!("{from}-0")).arg("+");
+            }
+            p.query(c)
+        })?;
+        let meta = match Meta::decode(&replies[0], &self.keys.meta).map_err(FleetError::Garbage)? {
+            None => return Ok(Poll::Empty),
+            Some(m) => m,
+        };
+        self.holder_from_meta(&meta);
+        if let (Some((epoch, v)), Some(log)) = (&seen, replies.get(1)) {
+            if *epoch == meta.epoch && *v == meta.version {
+                return Ok(Poll::Same(meta));
+            }
+            if *epoch == meta.epoch && *v < meta.version {
+                let log = decode_log(log, &self.keys.log).map_err(FleetError::Garbage)?;
+                if let Some(change) = fold(&log, *v, meta.version) {
+                    self.seen = Some((meta.epoch.clone(), meta.version));
+                    return Ok(Poll::Update { meta, change });
+                }
+            }
+        }
+        self.read_full()
+    }
+
+    fn holder_from_meta(&mut self, meta: &Meta) {
+        if self.holder.is_empty() {
+            self.holder = meta.leader.clone();
+        }
+    }
+
+    /// The whole list with its meta, in one MULTI: a consistent version.
+    fn read_full(&mut self) -> Result<Poll, FleetError> {
+        let (meta_r, list_r): (Value, Value) = self.run(|c, k, _| {
+            redis::pipe().atomic().cmd("HMGET").arg(&k.meta).arg(&META_FIELDS[..]).cmd("ZRANGE").arg(&k.list).arg(0).arg(-1).arg("WITHSCORES").query(c)
+        })?;
+        let meta = match Meta::decode(&meta_r, &self.keys.meta).map_err(FleetError::Garbage)? {
+            None => return Ok(Poll::Empty),
+            Some(m) => m,
+        };
+        let list = decode_list(&list_r, &self.keys.list).map_err(FleetError::Garbage)?;
+        if list.len() as u64 != meta.entries {
+            return Err(FleetError::Garbage(format!(
+                "{} holds {} addresses where {} says {}: truncated or foreign, refused",
+                self.keys.list,
+                list.len(),
+                self.keys.meta,
+                meta.entries
+            )));
+        }
+        self.seen = Some((meta.epoch.clone(), meta.version));
+        self.holder_from_meta(&meta);
+        Ok(Poll::Update { meta, change: Change::Full(list) })
+    }
+
+    /// After a sync, as leader: writes what changed, or the whole list (`delta` None: a full
+    /// pull; or when Redis does not hold the version we last wrote, e.g. after it restarted
+    /// empty). Returns the new version.
+    pub fn publish(&mut self, all: &HashMap<Key, u32>, delta: Option<Changed>, info: SyncInfo) -> Result<u64, FleetError> {
+        let Some(l) = &self.lease else { return Err(FleetError::LeaseLost) };
+        let lease = l.value.clone();
+        if let (Some(Changed { add, del }), Some((epoch, version))) = (delta, self.seen.clone()) {
+            let mut args: Vec<String> = Vec::with_capacity(9 + add.len() * 2 + del.len());
+            args.extend([
+                lease.clone(),
+                FORMAT.into(),
+                epoch.clone(),
+                version.to_string(),
+                info.last_id.to_string(),
+                info.synced_at.to_string(),
+                self.s.node_id.clone(),
+                LOG_KEEP.to_string(),
+                add.len().to_string(),
+            ]);
+            for (k, t) in add {
+                args.push(member(*k));
+                args.push(t.to_string());
+            }
+            args.extend(del.iter().map(|k| member(*k)));
+            let r: Value = self.run(|c, k, s| {
+                let mut inv = s.delta.prepare_invoke();
+                inv.key(&k.leader).key(&k.meta).key(&k.list).key(&k.log);
+                for a in &args {
+                    inv.arg(a);
+                }
+                inv.invoke(c)
+            })?;
+            match self.script_result(r)? {
+                Ok(v) => {
+                    self.seen = Some((epoch, v));
+                    return Ok(v);
+                }
+                // Redis does not hold what we last wrote: write it all.
+                Err(_stale) => {}
+            }
+        }
+        self.publish_full(all, &lease, info)
+    }
+
+    fn publish_full(&mut self, all: &HashMap<Key, u32>, lease: &str, info: SyncInfo) -> Result<u64, FleetError> {
+        let token = self.lease.as_ref().map_or(0, |l| l.token);
+        let staging = self.keys.staging(token);
+        let entries: Vec<(&Key, &u32)> = all.iter().collect();
+        self.run(|c, _, _| {
+            let mut p = redis::pipe();
+            p.cmd("DEL").arg(&staging).ignore();
+            for chunk in entries.chunks(CHUNK) {
+                let mut z = redis::cmd("ZADD");
+                z.arg(&staging);
+                for (k, t) in chunk {
+                    z.arg(**t).arg(member(**k));
+                }
+                p.add_command(z).ignore();
+            }
+            p.cmd("EXPIRE").arg(&staging).arg(STAGING_TTL_S).ignore();
+            p.query::<()>(c)
+        })?;
+        let epoch = new_epoch();
+        let node = self.s.node_id.clone();
+        let n = entries.len();
+        let r: Value = self.run(|c, k, s| {
+            s.commit
+                .key(&k.leader)
+                .key(&k.meta)
+                .key(&k.list)
+                .key(&k.log)
+                .key(&staging)
+                .arg(lease)
+                .arg(FORMAT)
+                .arg(&epoch)
+                .arg(n)
+                .arg(info.last_id)
+                .arg(info.synced_at)
+                .arg(info.full_at)
+                .arg(&node)
+                .arg(LOG_KEEP)
+                .invoke(c)
+        })?;
+        match self.script_result(r)? {
+            Ok(v) => {
+                self.seen = Some((epoch, v));
+                Ok(v)
+            }
+            Err(why) => Err(FleetError::Server(format!("the full list was not committed: {why}"))),
+        }
+    }
+
+    /// `{version}` → Ok(Ok(v)); `{-3, _}` (stale) or `{-4, _}` → Ok(Err(text)); a lost lease
+    /// or foreign data → Err.
+    fn script_result(&mut self, r: Value) -> Result<Result<u64, String>, FleetError> {
+        let bad = || FleetError::Garbage(format!("{}: unexpected script reply", self.keys.meta));
+        let Value::Array(a) = r else { return Err(bad()) };
+        let why = a.get(1).and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()).unwrap_or_default();
+        match a.first() {
+            Some(Value::Int(v)) if *v >= 0 => Ok(Ok(*v as u64)),
+            Some(Value::Int(-1)) => {
+                self.lease = None;
+                Err(FleetError::LeaseLost)
+            }
+            Some(Value::Int(-2)) => Err(FleetError::Garbage(format!("{why}: refused, not overwritten"))),
+            Some(Value::Int(_)) => Ok(Err(why)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// The node id in a lease value `<node_id>:<token>`.
+fn holder_node(v: &Value) -> String {
+    let s = redis::from_redis_value::<String>(v.clone()).unwrap_or_default();
+    match s.rsplit_once(':') {
+        Some((node, t)) if t.bytes().all(|b| b.is_ascii_digit()) => node.to_string(),
+        _ => s,
+    }
+}
+
+/// Folds the log entries after version `from` up to `to` into one change, or None when the log
+/// cannot tell (trimmed past `from`, a gap, or a full list in between): then read it all.
+fn fold(log: &[Delta], from: u64, to: u64) -> Option<Change> {
+    let mut want = from + 1;
+    let mut state: HashMap<Key, Option<u32>> = HashMap::new();
+    for d in log {
+        if d.version > to {
+            break;
+        }
+        if d.version != want || d.full {
+            return None;
+        }
+        for &(k, t) in &d.add {
+            state.insert(k, Some(t));
+        }
+        for &k in &d.del {
+            state.insert(k, None);
+        }
+        want += 1;
+    }
+    if want != to + 1 {
+        return None;
+    }
+    let mut add = Vec::new();
+    let mut del = Vec::new();
+    for (k, v) in state {
+        match v {
+            Some(t) => add.push((k, t)),
+            None => del.push(k),
+        }
+    }
+    Some(Change::Delta { add, del })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(version: u64, add: &[(u32, u32)], del: &[u32]) -> Delta {
+        Delta {
+            version,
+            full: false,
+            add: add.iter().map(|&(a, t)| (Key::V4(a), t)).collect(),
+            del: del.iter().map(|&a| Key::V4(a)).collect(),
+        }
+    }
+
+    fn sorted(c: Change) -> (Vec<(Key, u32)>, Vec<Key>) {
+        let Change::Delta { mut add, mut del } = c else { panic!("not a delta") };
+        add.sort();
+        del.sort();
+        (add, del)
+    }
+
+    #[test]
+    fn deltas_fold_in_order() {
+        let log = [d(4, &[(1, 10), (2, 10)], &[]), d(5, &[(3, 11)], &[1]), d(6, &[(1, 12)], &[2])];
+        let (add, del) = sorted(fold(&log, 3, 6).unwrap());
+        assert_eq!(add, vec![(Key::V4(1), 12), (Key::V4(3), 11)]);
+        assert_eq!(del, vec![Key::V4(2)]);
+        // Entries past the meta's version (written between the two reads) wait for the next poll.
+        let (add, _) = sorted(fold(&log, 3, 4).unwrap());
+        assert_eq!(add.len(), 2);
+    }
+
+    #[test]
+    fn a_log_that_cannot_tell_means_a_full_read() {
+        let log = [d(5, &[(1, 10)], &[]), d(6, &[], &[])];
+        assert!(fold(&log, 3, 6).is_none(), "version 4 was trimmed");
+        assert!(fold(&log, 4, 7).is_none(), "version 7 is missing");
+        let mut full = d(6, &[], &[]);
+        full.full = true;
+        assert!(fold(&[d(5, &[], &[]), full], 4, 6).is_none());
+        assert!(fold(&[], 4, 5).is_none());
+    }
+
+    #[test]
+    fn lease_values_name_the_node() {
+        let v = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        assert_eq!(holder_node(&v("proxy-1:42")), "proxy-1");
+        assert_eq!(holder_node(&v("a:b:7")), "a:b");
+        assert_eq!(holder_node(&v("odd")), "odd");
+    }
+
+    #[test]
+    fn errors_are_classified_without_the_password() {
+        let io = redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused s3cret"));
+        let e = classify(&io, Some("s3cret"));
+        assert!(matches!(&e, FleetError::Unavailable(t) if !t.contains("s3cret")), "{e:?}");
+        let auth = redis::RedisError::from((redis::ErrorKind::AuthenticationFailed, "Password authentication failed"));
+        assert!(matches!(classify(&auth, None), FleetError::Auth(_)));
+        assert!(FleetError::Auth("x".into()).to_string().starts_with("redis refused the credentials"));
+    }
+
+    #[test]
+    fn epochs_differ() {
+        assert_ne!(new_epoch(), new_epoch());
+        assert_eq!(new_epoch().len(), 16);
+    }
+
+    #[test]
+    fn no_io_until_the_first_call_and_errors_are_counted() {
+        let s = FleetSettings {
+            target: RedisTarget::parse("redis://:pw@127.0.0.1:9").unwrap(),
+            prefix: "t".into(),
+            node_id: "n1".into(),
+            leader_ttl: Duration::from_secs(3),
+            timeout: Duration::from_secs(1),
+            request_max: Duration::from_secs(3),
+            window: Duration::from_secs(10),
+            ca_file: None,
+        };
+        let mut f = Fleet::new(s);
+        assert_eq!(f.errors(), 0);
+        let e = f.lease().unwrap_err();
+        assert!(matches!(e, FleetError::Unavailable(_)), "{e:?}");
+        assert_eq!(f.errors(), 1);
+        // Within RECONNECT the same error comes back without a new attempt.
+        assert_eq!(f.poll().unwrap_err(), e);
+        assert_eq!(f.errors(), 1);
+        assert!(!e.to_string().contains("pw"));
+    }
+}

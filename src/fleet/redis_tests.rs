@@ -1,0 +1,299 @@
+//! The fleet's scripts and reads against a real `redis-server` (Debian's package, which
+//! scripts/setup-debian.sh installs), started by each test on its own loopback port with its
+//! own directory and config, and stopped by PID. Without redis-server the tests say SKIPPED.
+
+use super::*;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+
+struct Server {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn server(extra: &[&str]) -> Option<Server> {
+    let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let dir = std::env::temp_dir().join(format!("apiban-redis-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let mut args = vec!["--port".to_string(), port.to_string(), "--bind".into(), "127.0.0.1".into(), "--save".into(), "".into()];
+    args.extend(["--appendonly", "no", "--dir"].map(String::from));
+    args.push(dir.to_str()?.to_string());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let child = match Command::new("redis-server").args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+        Ok(c) => c,
+        Err(_) => {
+            eprintln!("SKIPPED: no redis-server (scripts/setup-debian.sh installs it)");
+            return None;
+        }
+    };
+    let s = Server { child, port, dir };
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("redis-server did not listen on {port}");
+}
+
+fn settings(port: u16, node: &str, password: Option<&str>) -> FleetSettings {
+    let creds = password.map(|p| format!(":{p}@")).unwrap_or_default();
+    FleetSettings {
+        target: RedisTarget::parse(&format!("redis://{creds}127.0.0.1:{port}")).unwrap(),
+        prefix: "t".into(),
+        node_id: node.into(),
+        leader_ttl: Duration::from_secs(3),
+        timeout: Duration::from_secs(2),
+        request_max: Duration::from_secs(2),
+        window: Duration::from_secs(10),
+        ca_file: None,
+    }
+}
+
+fn raw(port: u16) -> Connection {
+    Client::open(format!("redis://127.0.0.1:{port}")).unwrap().get_connection().unwrap()
+}
+
+fn entries(list: &[(u32, u32)]) -> HashMap<Key, u32> {
+    list.iter().map(|&(a, t)| (Key::V4(a), t)).collect()
+}
+
+fn info(last_id: u64) -> SyncInfo {
+    SyncInfo { last_id, synced_at: 1_700_000_500, full_at: 1_700_000_000 }
+}
+
+fn expect_full(p: Poll) -> (Meta, Vec<(Key, u32)>) {
+    match p {
+        Poll::Update { meta, change: Change::Full(mut l) } => {
+            l.sort();
+            (meta, l)
+        }
+        p => panic!("expected a full list, got {p:?}"),
+    }
+}
+
+#[test]
+fn one_leader_and_a_stale_one_is_fenced_off() {
+    let Some(srv) = server(&[]) else { return };
+    let mut a = Fleet::new(settings(srv.port, "node-a", None));
+    let mut b = Fleet::new(settings(srv.port, "node-b", None));
+    assert_eq!(a.lease().unwrap(), LeaseState::Leader { token: 1, taken: true });
+    assert_eq!(b.lease().unwrap(), LeaseState::Follower { leader: "node-a".into() });
+    assert_eq!(b.leader(), "node-a");
+    // Within a third of the ttl nothing is asked; the lease is still ours.
+    assert_eq!(a.lease().unwrap(), LeaseState::Leader { token: 1, taken: false });
+    a.before_request().unwrap();
+    a.after_request().unwrap();
+    // The lease vanishes (as if it expired while node-a was paused) and node-b takes it.
+    let mut r = raw(srv.port);
+    redis::cmd("DEL").arg("t:leader").exec(&mut r).unwrap();
+    assert_eq!(b.lease().unwrap(), LeaseState::Leader { token: 2, taken: true });
+    // node-a wakes up: it may neither ask APIBAN nor write.
+    assert_eq!(a.before_request().unwrap_err(), FleetError::LeaseLost);
+    assert!(!a.is_leader());
+    assert_eq!(a.lease().unwrap(), LeaseState::Follower { leader: "node-b".into() });
+    // A release only ever deletes one's own lease.
+    a.release();
+    let v: String = redis::cmd("GET").arg("t:leader").query(&mut r).unwrap();
+    assert_eq!(v, "node-b:2");
+    b.release();
+    let v: Option<String> = redis::cmd("GET").arg("t:leader").query(&mut r).unwrap();
+    assert_eq!(v, None);
+    assert_eq!(a.errors() + b.errors(), 0);
+}
+
+#[test]
+fn a_renewal_fails_once_the_lease_is_taken_over() {
+    let Some(srv) = server(&[]) else { return };
+    let mut s = settings(srv.port, "node-a", None);
+    s.leader_ttl = Duration::from_millis(600);
+    let mut a = Fleet::new(s);
+    assert!(matches!(a.lease().unwrap(), LeaseState::Leader { taken: true, .. }));
+    let mut r = raw(srv.port);
+    redis::cmd("SET").arg("t:leader").arg("node-c:99").exec(&mut r).unwrap();
+    std::thread::sleep(Duration::from_millis(250));
+    assert_eq!(a.lease().unwrap_err(), FleetError::LeaseLost);
+    assert_eq!(a.leader(), "node-c");
+}
+
+#[test]
+fn followers_read_full_lists_then_deltas() {
+    let Some(srv) = server(&[]) else { return };
+    let mut a = Fleet::new(settings(srv.port, "node-a", None));
+    let mut b = Fleet::new(settings(srv.port, "node-b", None));
+    assert_eq!(b.poll().unwrap(), Poll::Empty);
+    a.lease().unwrap();
+    assert_eq!(a.poll().unwrap(), Poll::Empty);
+    let mut all = entries(&[(1, 100), (2, 100), (3, 101)]);
+    let v1 = a.publish(&all, None, info(1_700_000_001)).unwrap();
+    let (meta, list) = expect_full(b.poll().unwrap());
+    assert_eq!((meta.version, meta.last_id, meta.entries, meta.leader.as_str()), (v1, 1_700_000_001, 3, "node-a"));
+    assert_eq!(list, vec![(Key::V4(1), 100), (Key::V4(2), 100), (Key::V4(3), 101)]);
+    assert!(matches!(b.poll().unwrap(), Poll::Same(_)));
+
+    // An incremental sync: 4 added, 2 relisted, 1 dropped.
+    all.insert(Key::V4(4), 102);
+    all.insert(Key::V4(2), 102);
+    all.remove(&Key::V4(1));
+    let add = [(Key::V4(4), 102), (Key::V4(2), 102)];
+    let v2 = a.publish(&all, Some(Changed { add: &add, del: &[Key::V4(1)] }), info(1_700_000_002)).unwrap();
+    assert_eq!(v2, v1 + 1);
+    // Nothing changed: only the sync fields move, no new version.
+    assert_eq!(a.publish(&all, Some(Changed { add: &[], del: &[] }), info(1_700_000_003)).unwrap(), v2);
+    match b.poll().unwrap() {
+        Poll::Update { meta, change: Change::Delta { mut add, del } } => {
+            add.sort();
+            assert_eq!(add, vec![(Key::V4(2), 102), (Key::V4(4), 102)]);
+            assert_eq!(del, vec![Key::V4(1)]);
+            assert_eq!((meta.version, meta.last_id), (v2, 1_700_000_003));
+        }
+        p => panic!("expected a delta, got {p:?}"),
+    }
+    assert_eq!(b.version(), v2);
+    // What an operator sees with redis-cli.
+    let mut r = raw(srv.port);
+    let got: Vec<(String, u32)> = redis::cmd("ZRANGE").arg("t:list").arg(0).arg(-1).arg("WITHSCORES").query(&mut r).unwrap();
+    assert_eq!(got, vec![("0.0.0.3".into(), 101), ("0.0.0.2".into(), 102), ("0.0.0.4".into(), 102)]);
+
+    // A new node joins: one full read of the current version.
+    let mut c = Fleet::new(settings(srv.port, "node-c", None));
+    let (meta, list) = expect_full(c.poll().unwrap());
+    assert_eq!((meta.version, list.len()), (v2, 3));
+
+    // A full pull writes a new epoch: followers read it whole.
+    let all = entries(&[(9, 200)]);
+    let v3 = a.publish(&all, None, info(1_700_000_004)).unwrap();
+    let (meta, list) = expect_full(b.poll().unwrap());
+    assert_eq!((meta.version, list), (v3, vec![(Key::V4(9), 200)]));
+}
+
+#[test]
+fn redis_restarted_empty_is_noticed() {
+    let Some(srv) = server(&[]) else { return };
+    let mut a = Fleet::new(settings(srv.port, "node-a", None));
+    let mut b = Fleet::new(settings(srv.port, "node-b", None));
+    a.lease().unwrap();
+    let all = entries(&[(1, 100)]);
+    a.publish(&all, None, info(5)).unwrap();
+    expect_full(b.poll().unwrap());
+    redis::cmd("FLUSHALL").exec(&mut raw(srv.port)).unwrap();
+    // The follower keeps what it has; the leader's lease is gone with the data.
+    assert_eq!(b.poll().unwrap(), Poll::Empty);
+    assert_eq!(a.publish(&all, Some(Changed { add: &[], del: &[] }), info(6)).unwrap_err(), FleetError::LeaseLost);
+    assert!(matches!(a.lease().unwrap(), LeaseState::Leader { taken: true, .. }));
+    assert_eq!(a.poll().unwrap(), Poll::Empty);
+    // A delta against a Redis that does not hold our version becomes a full write.
+    a.publish(&all, Some(Changed { add: &[], del: &[] }), info(6)).unwrap();
+    let (meta, list) = expect_full(b.poll().unwrap());
+    assert_eq!((meta.last_id, list.len()), (6, 1));
+}
+
+#[test]
+fn garbage_under_the_prefix_is_refused_and_kept() {
+    let Some(srv) = server(&[]) else { return };
+    let mut r = raw(srv.port);
+    let mut a = Fleet::new(settings(srv.port, "node-a", None));
+    let mut b = Fleet::new(settings(srv.port, "node-b", None));
+    a.lease().unwrap();
+    let all = entries(&[(1, 100), (2, 100)]);
+
+    // Wrong type.
+    redis::cmd("SET").arg("t:meta").arg("hello").exec(&mut r).unwrap();
+    assert!(matches!(b.poll().unwrap_err(), FleetError::Garbage(_)));
+    assert!(matches!(a.publish(&all, None, info(1)).unwrap_err(), FleetError::Garbage(_)));
+    let kept: String = redis::cmd("GET").arg("t:meta").query(&mut r).unwrap();
+    assert_eq!(kept, "hello");
+
+    // Another version of the format.
+    redis::cmd("DEL").arg("t:meta").exec(&mut r).unwrap();
+    redis::cmd("HSET").arg("t:meta").arg("format").arg("apiban-fleet-9").arg("epoch").arg("x").exec(&mut r).unwrap();
+    let e = b.poll().unwrap_err();
+    assert!(matches!(&e, FleetError::Garbage(t) if t.contains("apiban-fleet-9")), "{e:?}");
+    let e = a.publish(&all, None, info(1)).unwrap_err();
+    assert!(matches!(&e, FleetError::Garbage(t) if t.contains("apiban-fleet-9")), "{e:?}");
+
+    // Ours again, then a truncated list: refused, the version stays unread.
+    redis::cmd("DEL").arg("t:meta").exec(&mut r).unwrap();
+    a.publish(&all, None, info(1)).unwrap();
+    redis::cmd("ZREM").arg("t:list").arg("0.0.0.1").exec(&mut r).unwrap();
+    let e = b.poll().unwrap_err();
+    assert!(matches!(&e, FleetError::Garbage(t) if t.contains("truncated")), "{e:?}");
+    assert_eq!(b.version(), 0);
+    // A list member that is not an address.
+    redis::cmd("ZADD").arg("t:list").arg(5).arg("not-an-ip").exec(&mut r).unwrap();
+    assert!(matches!(b.poll().unwrap_err(), FleetError::Garbage(_)));
+    // The connection survives garbage: no reconnect needed.
+    assert!(b.conn.is_some());
+}
+
+#[test]
+fn the_request_history_outlives_the_leader() {
+    let Some(srv) = server(&[]) else { return };
+    let mut a = Fleet::new(settings(srv.port, "node-a", None));
+    a.lease().unwrap();
+    for _ in 0..3 {
+        a.before_request().unwrap();
+        a.after_request().unwrap();
+    }
+    // A fourth request is in flight when node-a dies.
+    a.before_request().unwrap();
+    redis::cmd("DEL").arg("t:leader").exec(&mut raw(srv.port)).unwrap();
+    let mut b = Fleet::new(settings(srv.port, "node-b", None));
+    assert!(matches!(b.lease().unwrap(), LeaseState::Leader { taken: true, .. }));
+    let mut h = b.history().unwrap();
+    h.sort();
+    assert_eq!(h.len(), 4, "{h:?}");
+    // The one in flight counts until the latest it could complete (request_max ahead).
+    assert!(h[0] < -1500 && h[0] >= -2000, "{h:?}");
+    assert!(h[1..].iter().all(|&age| (0..1000).contains(&age)), "{h:?}");
+}
+
+#[test]
+fn a_wrong_password_is_an_auth_error_and_never_shown() {
+    let Some(srv) = server(&["--requirepass", "right-one"]) else { return };
+    let mut bad = Fleet::new(settings(srv.port, "node-a", Some("wrong-one")));
+    let e = bad.lease().unwrap_err();
+    assert!(matches!(e, FleetError::Auth(_)), "{e:?}");
+    assert!(!e.to_string().contains("wrong-one"), "{e}");
+    let mut none = Fleet::new(settings(srv.port, "node-a", None));
+    let e = none.poll().unwrap_err();
+    assert!(matches!(e, FleetError::Auth(_)), "{e:?}");
+    let mut good = Fleet::new(settings(srv.port, "node-a", Some("right-one")));
+    assert!(matches!(good.lease().unwrap(), LeaseState::Leader { .. }));
+}
+
+#[test]
+fn redis_going_away_and_coming_back() {
+    let Some(mut srv) = server(&[]) else { return };
+    let mut b = Fleet::new(settings(srv.port, "node-b", None));
+    assert_eq!(b.poll().unwrap(), Poll::Empty);
+    let _ = srv.child.kill();
+    let _ = srv.child.wait();
+    let e = b.poll().unwrap_err();
+    assert!(matches!(e, FleetError::Unavailable(_)), "{e:?}");
+    assert!(b.errors() >= 1);
+    // Same port, started again.
+    let args = ["--port", &srv.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--dir", srv.dir.to_str().unwrap()];
+    srv.child = Command::new("redis-server").args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let t = Instant::now();
+    loop {
+        match b.poll() {
+            Ok(p) => {
+                assert_eq!(p, Poll::Empty);
+                break;
+            }
+            Err(_) if t.elapsed() < Duration::from_secs(5) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => panic!("no reconnect: {e}"),
+        }
+    }
+}
+

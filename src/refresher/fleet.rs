@@ -1,0 +1,491 @@
+//! Fleet mode in the refresher (issue 12): which node talks to APIBAN, and how the others
+//! follow. Standalone nodes (no `redis_url`) never reach this code beyond a `None` check.
+//!
+//! Every tick a follower asks Redis for a newer version of the list (one round trip when there
+//! is none) and applies it to its table and snapshot, then tries the lease; the holder of the
+//! lease is the leader and runs the refresher's usual pulls, each request fenced by the lease
+//! and recorded in the fleet's request history, each sync written to Redis. A node that takes
+//! the lease first catches up with Redis, adopts the fleet's schedule and last ID (so a
+//! hand-over goes on with an incremental pull) and the fleet's request history (so the rate
+//! limit is the fleet's). Redis trouble changes nothing in the table; after `fleet_fallback`
+//! of it a node pulls APIBAN on its own until Redis answers again.
+
+use super::{keep_newest, merge, RateLimiter, Refresher, RATE_MARGIN};
+use crate::addr::Key;
+use crate::config::Settings;
+use crate::feed::START_ID;
+use crate::fleet::layout::Meta;
+use crate::fleet::{Change, Changed, Fleet, FleetError, FleetSettings, LeaseState, Poll, SyncInfo};
+use crate::log::{log_info, log_warn};
+use crate::module::unix_now;
+use crate::stats::{num, text, Stats};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Follower,
+    Leader,
+    /// Redis has been in trouble for `fleet_fallback`: pulling alone, as standalone.
+    Fallback,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::Leader => "leader",
+            Role::Fallback => "fallback",
+        }
+    }
+}
+
+/// What a leader's incremental sync changed, for its write to Redis.
+pub(super) struct SyncDelta {
+    add: Vec<(Key, u32)>,
+    del: Vec<Key>,
+}
+
+pub(super) struct FleetNode {
+    client: Fleet,
+    role: Role,
+    fallback: Option<Duration>,
+    /// Since when Redis has failed every call (None: it answers).
+    trouble_since: Option<Instant>,
+    /// The error last logged, so that a lasting one is logged once.
+    logged: Option<String>,
+    /// The leader could not write its last sync: it writes the whole list as soon as it can,
+    /// but not before this (a refused write is not retried on every tick).
+    dirty: bool,
+    retry_publish: Option<Instant>,
+    /// The last full pull of the fleet (unix time): the full_resync schedule survives hand-overs.
+    full_at: u64,
+    /// This node pulled on its own during a fallback: the first full list read after it is
+    /// merged into what the node holds rather than replacing it.
+    fell_back: bool,
+    shown: (Role, String),
+}
+
+/// mod_init: the role stats start with.
+pub fn fleet_init(settings: &Settings, stats: &Stats) {
+    let role = if settings.cfg.redis_url.is_some() { Role::Follower.name() } else { "standalone" };
+    text!(stats.get(), role).put(role);
+}
+
+fn fleet_settings(s: &Settings) -> Option<FleetSettings> {
+    let cfg = &s.cfg;
+    Some(FleetSettings {
+        target: cfg.redis_url.clone()?,
+        prefix: cfg.redis_prefix.clone(),
+        node_id: cfg.node_id.clone().unwrap_or_default(),
+        leader_ttl: Duration::from_secs(cfg.leader_ttl),
+        timeout: Duration::from_secs(cfg.timeout),
+        // The feed client gives up a request 2 × timeout after it started.
+        request_max: Duration::from_secs(2 * cfg.timeout),
+        window: Duration::from_secs(cfg.rate_limit.1) + RATE_MARGIN,
+        // rediss:// trusts what the feed trusts: the system's store plus ca_file.
+        ca_file: cfg.ca_file.clone(),
+    })
+}
+
+/// How long a leader waits before it writes the whole list again after a refused write.
+const PUBLISH_RETRY: Duration = Duration::from_secs(5);
+
+/// Set by SIGTERM/SIGINT in the refresher of a fleet node: it lets its lease go, then exits.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, Relaxed);
+}
+
+/// The hosts end their children at once on SIGTERM; a leader that did so would leave its lease
+/// to expire (`leader_ttl` without a leader). The refresher's own handler only sets a flag that
+/// the loop sees within a tick. Installed in the refresher process only, in fleet mode only.
+fn install_stop_handler() {
+    // SAFETY: a handler that only stores to an atomic is async-signal-safe; the sigaction
+    // struct is fully initialised (zeroed, then the handler and an empty mask).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_stop as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+    }
+}
+
+impl FleetNode {
+    pub(super) fn new(s: &Settings) -> Option<FleetNode> {
+        let fs = fleet_settings(s)?;
+        install_stop_handler();
+        log_info!("fleet mode: node '{}' in fleet '{}' at {}, lease {} s", fs.node_id, fs.prefix, fs.target, fs.leader_ttl.as_secs());
+        let fallback = Some(Duration::from_secs(s.cfg.fleet_fallback)).filter(|d| !d.is_zero());
+        Some(FleetNode {
+            client: Fleet::new(fs),
+            role: Role::Follower,
+            fallback,
+            trouble_since: None,
+            logged: None,
+            dirty: false,
+            retry_publish: None,
+            full_at: 0,
+            fell_back: false,
+            shown: (Role::Follower, String::new()),
+        })
+    }
+}
+
+impl RateLimiter {
+    /// Replaces the history with the fleet's (offsets from now in ms: positive in the past,
+    /// negative a completion still ahead, counted until then). Ours is in it too.
+    fn adopt(&mut self, offsets: &[i64]) {
+        let now = Instant::now();
+        let mut done: Vec<Instant> = offsets
+            .iter()
+            .map(|&ms| match ms {
+                0.. => now.checked_sub(Duration::from_millis(ms as u64)).unwrap_or(now),
+                _ => now + Duration::from_millis(ms.unsigned_abs()),
+            })
+            .collect();
+        done.sort();
+        self.done = done.into();
+    }
+}
+
+impl Refresher<'_> {
+    pub(super) fn fleet_mode(&self) -> bool {
+        self.fleet.is_some()
+    }
+
+    /// Once a tick: follow Redis, hold or seek the lease. True when this node may pull APIBAN
+    /// now: standalone, leader, or alone after `fleet_fallback` of Redis trouble.
+    pub(super) fn fleet_tick(&mut self) -> bool {
+        let Some(mut f) = self.fleet.take() else { return true };
+        if STOP.load(Relaxed) {
+            if f.role == Role::Leader {
+                f.client.release();
+                log_info!("stopping: the fleet's lease is released");
+            }
+            // SAFETY: ends this process at once, as the host's own handler would have.
+            unsafe { libc::_exit(0) };
+        }
+        if f.role == Role::Leader {
+            self.fleet_lead(&mut f);
+        } else {
+            self.fleet_follow(&mut f);
+        }
+        self.fleet_stats(&mut f);
+        let may_pull = matches!(f.role, Role::Leader | Role::Fallback);
+        self.fleet = Some(f);
+        may_pull
+    }
+
+    fn fleet_lead(&mut self, f: &mut FleetNode) {
+        match f.client.lease() {
+            Ok(LeaseState::Leader { taken: false, .. }) => {
+                self.fleet_ok(f);
+                if f.dirty && f.retry_publish.is_none_or(|t| Instant::now() >= t) {
+                    self.fleet_publish(f, None, unix_now());
+                }
+            }
+            // The lease lapsed while Redis was away and we took it again: catch up first.
+            Ok(LeaseState::Leader { token, taken: true }) => self.fleet_became_leader(f, token),
+            Ok(LeaseState::Follower { .. }) | Err(FleetError::LeaseLost) => self.fleet_lost(f),
+            Err(e) => self.fleet_error(f, e),
+        }
+    }
+
+    fn fleet_follow(&mut self, f: &mut FleetNode) {
+        match f.client.poll() {
+            Ok(p) => {
+                self.fleet_ok(f);
+                match p {
+                    Poll::Update { meta, change } => self.fleet_apply(f, &meta, change),
+                    // Nothing new: the leader's syncs still show (an alert on last_sync holds).
+                    Poll::Same(meta) => {
+                        let c = self.m.stats.get();
+                        num!(c, last_sync).store(meta.synced_at, Relaxed);
+                        num!(c, last_id).store(meta.last_id, Relaxed);
+                    }
+                    Poll::Empty => {}
+                }
+            }
+            Err(e) => return self.fleet_error(f, e),
+        }
+        match f.client.lease() {
+            Ok(LeaseState::Leader { token, .. }) => self.fleet_became_leader(f, token),
+            Ok(LeaseState::Follower { .. }) => {
+                if f.role == Role::Fallback {
+                    log_info!("redis answers again: following the fleet's leader ({}) again", f.client.leader());
+                    f.role = Role::Follower;
+                }
+            }
+            Err(e) => self.fleet_error(f, e),
+        }
+    }
+
+    fn fleet_became_leader(&mut self, f: &mut FleetNode, token: u64) {
+        // Nothing is written to the list while we hold the lease: read what is there last.
+        match f.client.poll() {
+            Ok(Poll::Empty) => {
+                // A new fleet, or Redis restarted empty: write what we hold, if anything.
+                f.dirty = !self.master.is_empty() || self.last_id.is_some();
+            }
+            Ok(Poll::Same(meta)) => self.fleet_adopt_schedule(f, &meta),
+            Ok(Poll::Update { meta, change }) => {
+                self.fleet_apply(f, &meta, change);
+                self.fleet_adopt_schedule(f, &meta);
+            }
+            Err(e) => return self.fleet_error(f, e),
+        }
+        // One budget for the fleet: the limiter counts what every leader sent.
+        match f.client.history() {
+            Ok(h) => self.limiter.adopt(&h),
+            Err(e) => {
+                // Without the history we could exceed the fleet's rate limit: let another try.
+                f.client.release();
+                return self.fleet_error(f, e);
+            }
+        }
+        let was = f.role;
+        f.role = Role::Leader;
+        self.fleet_ok(f);
+        log_info!(
+            "fleet: this node leads now (lease token {token}{}); next pull from ID {}",
+            if was == Role::Fallback { ", after a fallback" } else { "" },
+            self.last_id.unwrap_or(START_ID)
+        );
+        if f.dirty {
+            self.fleet_publish(f, None, unix_now());
+        }
+    }
+
+    /// A node that takes over goes on where the fleet is: from its last ID, on its schedule.
+    fn fleet_adopt_schedule(&mut self, f: &mut FleetNode, meta: &Meta) {
+        let cfg = &self.m.settings.cfg;
+        if meta.last_id > START_ID && meta.last_id >= self.last_id.unwrap_or(0) {
+            self.last_id = Some(meta.last_id);
+        }
+        let now = unix_now();
+        let mono = Instant::now();
+        self.next_pull = mono + Duration::from_secs((meta.synced_at + cfg.interval).saturating_sub(now));
+        f.full_at = meta.full_at;
+        // Unknown (a list written back after Redis lost it): a full pull in full_resync.
+        let full_at = if meta.full_at > 0 { meta.full_at } else { now };
+        self.next_full = mono + Duration::from_secs((full_at + cfg.full_resync).saturating_sub(now));
+    }
+
+    fn fleet_lost(&mut self, f: &mut FleetNode) {
+        if f.role == Role::Leader {
+            log_warn!("fleet: the lease is gone (now held by '{}'): this node stops asking APIBAN and follows", f.client.leader());
+        }
+        f.role = Role::Follower;
+        self.pull = None;
+    }
+
+    /// A follower's update from Redis: into the list held, the table and the snapshot.
+    fn fleet_apply(&mut self, f: &mut FleetNode, meta: &Meta, change: Change) {
+        let cfg = &self.m.settings.cfg;
+        let now = unix_now();
+        let (mut added, mut removed) = (0usize, 0usize);
+        match change {
+            Change::Full(list) => {
+                let list: HashMap<Key, u32> = list.into_iter().collect();
+                if f.fell_back && self.last_id.unwrap_or(0) > meta.last_id {
+                    // What we pulled alone is newer than the fleet's list: keep both.
+                    added = merge(&mut self.master, list).0;
+                } else {
+                    added = list.keys().filter(|k| !self.master.contains_key(k)).count();
+                    removed = self.master.keys().filter(|k| !list.contains_key(k)).count();
+                    self.master = list;
+                    if meta.last_id > START_ID {
+                        self.last_id = Some(meta.last_id);
+                    }
+                }
+                f.fell_back = false;
+            }
+            Change::Delta { add, del } => {
+                for (k, t) in add {
+                    added += self.master.insert(k, t).is_none() as usize;
+                }
+                for k in del {
+                    removed += self.master.remove(&k).is_some() as usize;
+                }
+                if meta.last_id > START_ID {
+                    self.last_id = Some(meta.last_id);
+                }
+            }
+        }
+        let n = self.master.len();
+        self.master.retain(|_, at| *at as u64 + cfg.ttl > now);
+        let expired = n - self.master.len();
+        let dropped = keep_newest(&mut self.master, cfg.max_entries);
+        self.publish(now);
+        self.save_snapshot(now);
+        let c = self.m.stats.get();
+        num!(c, fleet_syncs).fetch_add(1, Relaxed);
+        num!(c, expired).fetch_add(expired as u64, Relaxed);
+        num!(c, overflow).fetch_add(dropped, Relaxed);
+        num!(c, last_id).store(self.last_id.unwrap_or(0), Relaxed);
+        num!(c, last_sync).store(meta.synced_at, Relaxed);
+        text!(c, last_error).put("");
+        text!(c, state).put("ok");
+        log_info!(
+            "fleet: version {} from '{}' applied: {added} added, {removed} removed, {expired} expired, total {}",
+            meta.version,
+            meta.leader,
+            self.master.len()
+        );
+    }
+
+    /// Before an APIBAN request. False: do not send (the lease is gone, or Redis cannot
+    /// confirm it).
+    pub(super) fn fleet_before_request(&mut self) -> bool {
+        let Some(mut f) = self.fleet.take() else { return true };
+        let go = match f.role {
+            Role::Fallback => true,
+            Role::Follower => false,
+            Role::Leader => match f.client.before_request() {
+                Ok(()) => true,
+                Err(FleetError::LeaseLost) => {
+                    self.fleet_lost(&mut f);
+                    false
+                }
+                Err(e) => {
+                    self.fleet_error(&mut f, e);
+                    false
+                }
+            },
+        };
+        self.fleet = Some(f);
+        go
+    }
+
+    /// After an APIBAN request's reply (or failure) is complete.
+    pub(super) fn fleet_after_request(&mut self) {
+        let Some(mut f) = self.fleet.take() else { return };
+        if f.role == Role::Leader {
+            match f.client.after_request() {
+                Ok(()) => {}
+                // The reply is in; what it brought is still good. No more requests, though.
+                Err(FleetError::LeaseLost) => f.role = Role::Follower,
+                Err(e) => self.fleet_error(&mut f, e),
+            }
+        }
+        self.fleet = Some(f);
+    }
+
+    /// Before a leader's pull is merged: what it changes, for an incremental write to Redis
+    /// (None: write it all). The rule is merge()'s: an address is new, or listed again later.
+    pub(super) fn fleet_delta(&self, got: &HashMap<Key, u32>, full: bool, now: u64) -> Option<SyncDelta> {
+        let f = self.fleet.as_ref()?;
+        if f.role != Role::Leader || full || f.dirty {
+            return None;
+        }
+        let add = got.iter().filter(|(k, t)| self.master.get(k).is_none_or(|old| *t > old)).map(|(&k, &t)| (k, t)).collect();
+        let ttl = self.m.settings.cfg.ttl;
+        let del = self.master.iter().filter(|(_, &at)| at as u64 + ttl <= now).map(|(&k, _)| k).collect();
+        Some(SyncDelta { add, del })
+    }
+
+    /// After a leader's sync: shares it. `delta` None, or an overflow, writes the whole list.
+    pub(super) fn fleet_synced(&mut self, delta: Option<SyncDelta>, full_pull: bool, now: u64) {
+        let Some(mut f) = self.fleet.take() else { return };
+        if f.role == Role::Leader {
+            if full_pull {
+                f.full_at = now;
+            }
+            self.fleet_publish(&mut f, delta, now);
+        }
+        self.fleet = Some(f);
+    }
+
+    fn fleet_publish(&mut self, f: &mut FleetNode, delta: Option<SyncDelta>, now: u64) {
+        let info = SyncInfo { last_id: self.last_id.unwrap_or(0), synced_at: now, full_at: f.full_at };
+        let changed = delta.as_ref().map(|d| Changed { add: &d.add, del: &d.del });
+        match f.client.publish(&self.master, changed, info) {
+            Ok(v) => {
+                f.dirty = false;
+                f.retry_publish = None;
+                num!(self.m.stats.get(), fleet_version).store(v, Relaxed);
+            }
+            Err(FleetError::LeaseLost) => self.fleet_lost(f),
+            Err(e) => {
+                f.dirty = true;
+                f.retry_publish = Some(Instant::now() + PUBLISH_RETRY);
+                self.fleet_error(f, e);
+            }
+        }
+    }
+
+    /// A reload asked of a follower: it re-reads the whole list from Redis (the leader pulls
+    /// APIBAN). True when handled here.
+    pub(super) fn fleet_reload(&mut self) -> bool {
+        let Some(f) = self.fleet.as_mut() else { return false };
+        if f.role != Role::Follower {
+            return false;
+        }
+        f.client.forget_version();
+        log_info!("reload requested: this node follows '{}', so it reads the whole list from Redis again", f.client.leader());
+        true
+    }
+
+    fn fleet_ok(&mut self, f: &mut FleetNode) {
+        if let Some(since) = f.trouble_since.take() {
+            log_info!("redis answers again after {} s", since.elapsed().as_secs());
+            let c = self.m.stats.get();
+            text!(c, last_error).put("");
+            text!(c, state).put("ok");
+        }
+        f.logged = None;
+    }
+
+    /// Redis trouble (or data that is not ours): the table stays as it is; stats and the log
+    /// say what is wrong; after `fleet_fallback` of it the node pulls alone.
+    fn fleet_error(&mut self, f: &mut FleetNode, e: FleetError) {
+        if e == FleetError::LeaseLost {
+            return self.fleet_lost(f);
+        }
+        let since = *f.trouble_since.get_or_insert_with(Instant::now);
+        let text = crate::log::redact(&e.to_string());
+        let c = self.m.stats.get();
+        text!(c, last_error).put(&text);
+        if f.role != Role::Fallback {
+            text!(c, state).put(&format!("{text}; the table in use is kept"));
+        }
+        if f.logged.as_deref() != Some(text.as_str()) {
+            log_warn!("fleet: {text}; the table in use is kept, no request to APIBAN without the lease");
+            f.logged = Some(text);
+        }
+        if let Some(limit) = f.fallback {
+            if f.role != Role::Fallback && since.elapsed() >= limit {
+                log_warn!(
+                    "fleet: redis has failed for {} s (fleet_fallback): this node pulls APIBAN alone until redis answers; the fleet may exceed rate_limit meanwhile",
+                    since.elapsed().as_secs()
+                );
+                f.role = Role::Fallback;
+                f.fell_back = true;
+                self.pull = None;
+            }
+        }
+        if f.role == Role::Leader && since.elapsed() >= f.client.settings().leader_ttl {
+            // Our lease has expired in Redis by now, whether or not Redis can say so.
+            self.fleet_lost(f);
+        }
+    }
+
+    fn fleet_stats(&mut self, f: &mut FleetNode) {
+        let c = self.m.stats.get();
+        num!(c, redis_errors).store(f.client.errors(), Relaxed);
+        num!(c, leading).store((f.role == Role::Leader) as u64, Relaxed);
+        if f.role != Role::Leader || f.client.version() > 0 {
+            num!(c, fleet_version).store(f.client.version(), Relaxed);
+        }
+        let leader = if f.role == Role::Leader { f.client.settings().node_id.as_str() } else { f.client.leader() };
+        if f.shown.0 != f.role || f.shown.1 != leader {
+            text!(c, role).put(f.role.name());
+            text!(c, leader).put(leader);
+            f.shown = (f.role, leader.to_string());
+        }
+    }
+}
