@@ -81,7 +81,8 @@ pub fn parse(v: &str) -> Result<Proxy, String> {
     Ok(Proxy { host: host.to_string(), port, credentials, client })
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// `%XX` escapes decoded (URL credentials); None when an escape is broken or the result is not UTF-8.
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

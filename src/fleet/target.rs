@@ -101,23 +101,6 @@ pub fn redact_raw(v: &str) -> String {
     out
 }
 
-fn pct_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(h, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 fn parse_db(v: &str) -> Result<i64, String> {
     match v.parse::<i64>() {
         Ok(n) if (0..=1_000_000).contains(&n) => Ok(n),
@@ -162,7 +145,7 @@ fn split_credentials(auth: &str) -> Result<(Credentials, &str), String> {
         Some((u, p)) => (u, Some(p)),
         None => (creds, None),
     };
-    let dec = |s: &str, what: &str| pct_decode(s).ok_or_else(|| bad(format!("the {what} has a bad %-escape")));
+    let dec = |s: &str, what: &str| crate::proxy::percent_decode(s).ok_or_else(|| bad(format!("the {what} has a bad %-escape")));
     let user = if u.is_empty() { None } else { Some(dec(u, "user name")?) };
     let pass = match p {
         Some(p) if !p.is_empty() => Some(dec(p, "password")?),
@@ -198,7 +181,7 @@ impl RedisTarget {
                 let mut t = RedisTarget { endpoint: Endpoint::Unix(PathBuf::from(path)), tls: false, username: None, password: None, db: 0 };
                 for kv in query.split('&').filter(|s| !s.is_empty()) {
                     let (k, val) = kv.split_once('=').unwrap_or((kv, ""));
-                    let val = pct_decode(val).ok_or_else(|| bad(format!("'{shown}': bad %-escape")))?;
+                    let val = crate::proxy::percent_decode(val).ok_or_else(|| bad(format!("'{shown}': bad %-escape")))?;
                     match k {
                         "db" => t.db = parse_db(&val)?,
                         "user" => t.username = Some(val).filter(|s| !s.is_empty()),
