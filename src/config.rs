@@ -8,6 +8,13 @@ use std::path::PathBuf;
 
 pub const DEFAULT_URL: &str = "https://apiban.org";
 
+/// `rate_limit`: at most `max` requests in any `window_secs` seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub max: u32,
+    pub window_secs: u64,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub apikey: Option<String>,
@@ -20,8 +27,7 @@ pub struct Config {
     pub max_entries: usize,
     /// Connect and read timeout of one request, seconds; a whole request gets twice this.
     pub timeout: u64,
-    /// At most `rate_limit.0` requests in any `rate_limit.1` seconds.
-    pub rate_limit: (u32, u64),
+    pub rate_limit: RateLimit,
     pub snapshot_file: Option<PathBuf>,
     /// Seconds an entry stays listed after the batch that listed it.
     pub ttl: u64,
@@ -63,7 +69,7 @@ impl Default for Config {
             interval: 300,
             max_entries: 1_000_000,
             timeout: 10,
-            rate_limit: (11, 120),
+            rate_limit: RateLimit { max: 11, window_secs: 120 },
             snapshot_file: None,
             ttl: 7 * 86400,
             full_resync: 86400,
@@ -215,7 +221,7 @@ impl Config {
             "rate_limit" => {
                 let parsed = v.split_once('/').and_then(|(n, w)| Some((n.trim().parse::<u32>().ok()?, parse_seconds(w)?)));
                 match parsed {
-                    Some((n, w)) if n >= 1 && w >= 1 => self.rate_limit = (n, w),
+                    Some((n, w)) if n >= 1 && w >= 1 => self.rate_limit = RateLimit { max: n, window_secs: w },
                     _ => return Err(err(name, format!("'{v}' is not REQUESTS/SECONDS like 11/120"))),
                 }
             }
@@ -349,7 +355,7 @@ mod tests {
     fn defaults_are_the_documented_ones() {
         let c = Config::default();
         assert_eq!((c.url.as_str(), c.api_version, c.set.as_str(), c.interval), (DEFAULT_URL, 2, "sip", 300));
-        assert_eq!((c.rate_limit, c.ttl, c.full_resync, c.timeout), ((11, 120), 604800, 86400, 10));
+        assert_eq!((c.rate_limit, c.ttl, c.full_resync, c.timeout), (RateLimit { max: 11, window_secs: 120 }, 604800, 86400, 10));
     }
 
     #[test]
@@ -368,7 +374,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.url, "http://127.0.0.1:8080");
-        assert_eq!((c.api_version, c.interval, c.ttl, c.max_entries, c.rate_limit), (1, 1, 604800, 5000, (100, 1)));
+        assert_eq!((c.api_version, c.interval, c.ttl, c.max_entries, c.rate_limit), (1, 1, 604800, 5000, RateLimit { max: 100, window_secs: 1 }));
         assert_eq!(c.allow.len(), 2);
         let s = c.finish(None).unwrap();
         assert_eq!(s.key, "abc123");

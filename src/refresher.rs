@@ -11,7 +11,9 @@
 //! fleet's lease pulls; the others take the list from Redis.
 
 mod fleet;
+mod limiter;
 pub use fleet::fleet_init;
+use limiter::RateLimiter;
 
 use crate::addr::Key;
 use crate::feed::{ApiVersion, Batch, Feed, FeedError, Net, START_ID};
@@ -21,7 +23,7 @@ use crate::snapshot::{self, Snapshot};
 use crate::stats::{num, text};
 use crate::table::Entries;
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -34,58 +36,12 @@ pub fn run(m: &'static Module) -> ! {
     // The request history outlives a restart of the loop: the feed still counts what was sent
     // before the internal error.
     let cfg = &m.settings.cfg;
-    let mut limiter = RateLimiter::new(cfg.rate_limit.0, cfg.rate_limit.1);
+    let mut limiter = RateLimiter::new(cfg.rate_limit);
     loop {
         let _ = catch_unwind(AssertUnwindSafe(|| Refresher::new(m, &mut limiter).run()));
         text!(m.stats.get(), state).put("restarting after an internal error");
         log_err!("refresher: internal error, restarting in 5 s (the table in use is kept)");
         std::thread::sleep(Duration::from_secs(5));
-    }
-}
-
-/// At most `max` requests in any `window` as the feed counts them, spaced at least
-/// window / (2 × max) apart so that a long pull is paced rather than sent in one burst.
-///
-/// The feed counts arrivals, and a request arrives somewhere between its send and the end of
-/// its reply: a first request slowed by DNS, TCP and TLS may arrive after a later one sent on a
-/// kept-alive connection. So each request is recorded when its reply (or its failure) is
-/// complete, a time no arrival is later than, and request k + max waits for `window` plus a
-/// margin after request k's record. Then any two arrivals max apart are more than `window`
-/// apart, whatever the network did, and no window the feed can draw holds more than max.
-pub struct RateLimiter {
-    max: usize,
-    window: Duration,
-    gap: Duration,
-    /// When each recent request was complete, oldest first.
-    done: VecDeque<Instant>,
-}
-
-/// Covers a feed that counts in whole seconds or draws closed windows.
-pub const RATE_MARGIN: Duration = Duration::from_secs(1);
-
-impl RateLimiter {
-    pub fn new(max: u32, window_secs: u64) -> RateLimiter {
-        let window = Duration::from_secs(window_secs);
-        RateLimiter { max: max.max(1) as usize, window, gap: window / (2 * max.max(1)), done: VecDeque::new() }
-    }
-
-    /// How long until the next request may be sent, zero when it may go now.
-    pub fn wait(&mut self, now: Instant) -> Duration {
-        while self.done.front().is_some_and(|&t| now.saturating_duration_since(t) >= self.window + RATE_MARGIN) {
-            self.done.pop_front();
-        }
-        let by_gap = self.done.back().map_or(Duration::ZERO, |&t| (t + self.gap).saturating_duration_since(now));
-        let by_window = if self.done.len() >= self.max {
-            (self.done[self.done.len() - self.max] + self.window + RATE_MARGIN).saturating_duration_since(now)
-        } else {
-            Duration::ZERO
-        };
-        by_gap.max(by_window)
-    }
-
-    /// Records a request whose reply, or failure, was complete at `done`.
-    pub fn record(&mut self, done: Instant) {
-        self.done.push_back(done);
     }
 }
 
@@ -290,14 +246,12 @@ impl<'l> Refresher<'l> {
 
     fn step(&mut self) {
         let Some(cursor) = self.pull.as_ref().map(|p| p.cursor) else { return };
-        if !self.fleet_before_request() {
-            return;
-        }
+        let Some(name) = self.fleet_before_request() else { return };
         let c = self.m.stats.get();
         num!(c, requests).fetch_add(1, Relaxed);
         let result = self.feed.fetch(cursor);
         // Recorded once complete, failed or not: the feed may have counted it either way.
-        self.limiter.record(Instant::now());
+        self.limiter.record(Instant::now(), name.as_deref());
         self.fleet_after_request();
         if let Some(p) = self.pull.as_mut() {
             p.requests += 1;
@@ -513,63 +467,6 @@ impl<'l> Refresher<'l> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Sends as the refresher does: wait, send, the reply completes after `latency(i)`; the
-    /// request arrives at the feed `arrival(i)` after it was sent (never after its reply).
-    fn simulate(max: u32, window: u64, n: usize, arrival: impl Fn(usize) -> Duration, latency: impl Fn(usize) -> Duration) -> Vec<Instant> {
-        let mut l = RateLimiter::new(max, window);
-        let mut t = Instant::now();
-        let mut arrivals = Vec::new();
-        for i in 0..n {
-            t += l.wait(t);
-            arrivals.push(t + arrival(i));
-            t += latency(i).max(arrival(i));
-            l.record(t);
-        }
-        arrivals
-    }
-
-    /// The most arrivals in any closed window of `window` seconds the feed could draw.
-    fn worst_window(arrivals: &[Instant], window: u64) -> usize {
-        let w = Duration::from_secs(window);
-        arrivals.iter().map(|&a| arrivals.iter().filter(|&&x| x >= a && x - a <= w).count()).max().unwrap_or(0)
-    }
-
-    #[test]
-    fn the_limiter_counts_as_the_feed_does_whatever_the_network() {
-        for (max, window) in [(4u32, 10u64), (11, 120)] {
-            // Every kind of path: fast, a slow first request of a connection (DNS, TCP, TLS),
-            // a slow connection every few requests, a request that arrives late and fails.
-            let slow_first = |i: usize| if i == 0 { Duration::from_millis(1500) } else { Duration::from_millis(2) };
-            let every_third = |i: usize| if i.is_multiple_of(3) { Duration::from_millis(1500) } else { Duration::ZERO };
-            let flat = |_| Duration::from_millis(5);
-            for arrivals in [
-                simulate(max, window, 40, slow_first, flat),
-                simulate(max, window, 40, every_third, flat),
-                simulate(max, window, 40, |_| Duration::ZERO, |i| Duration::from_millis(100 * (i % 7) as u64)),
-            ] {
-                let worst = worst_window(&arrivals, window);
-                assert!(worst <= max as usize, "{max}/{window}: {worst} arrivals in one window");
-            }
-        }
-    }
-
-    #[test]
-    fn the_limiter_paces_and_keeps_the_budget_busy() {
-        let mut l = RateLimiter::new(11, 120);
-        let t0 = Instant::now();
-        let mut t = t0;
-        let mut sent = Vec::new();
-        while sent.len() < 30 {
-            t += l.wait(t);
-            sent.push(t);
-            l.record(t);
-        }
-        // Paced: consecutive requests at least window / 22 apart.
-        assert!(sent.windows(2).all(|w| w[1].duration_since(w[0]) >= Duration::from_millis(5454)));
-        // And not slower than the budget plus the margin: request 12 goes at 120 s + 1 s.
-        assert_eq!(sent[11].duration_since(sent[0]), Duration::from_secs(121));
-    }
 
     #[test]
     fn the_oldest_listed_are_left_out_first() {

@@ -7,9 +7,9 @@
 //! |---------------------|------------|---------------------|-----------------------------------------------|
 //! | `P:leader`          | string     | `leader_ttl`        | `<node_id>:<token>`, the lease                |
 //! | `P:fence`           | string/int | none                | the fencing counter, INCR at each take        |
-//! | `P:requests`        | sorted set | window + a request  | APIBAN requests: member `<token>:<n>`, score the ms its reply completed (while in flight: the latest it can complete) |
+//! | `P:requests`        | sorted set | window + a request  | APIBAN requests: member `<token>:<n>:<nonce>`, score the ms its reply completed (while in flight: the latest it can complete) |
 //! | `P:meta`            | hash       | none                | `format`, `epoch`, `version`, `last_id`, `synced_at`, `full_at`, `leader`, `entries` |
-//! | `P:list`            | sorted set | none                | member the address as text, score the unix time APIBAN listed it |
+//! | `P:list`            | sorted set | none (PERSIST after the rename) | member the address as text, score the unix time APIBAN listed it |
 //! | `P:log`             | stream     | none, ~1000 entries | one entry per version: ID `<version>-0`, fields `add` (`addr=time ...`) and `del` (`addr ...`), or `full` (a count) |
 //! | `P:staging:<token>` | sorted set | 300 s               | a full list being written, renamed over `P:list` at commit |
 //!
@@ -150,12 +150,16 @@ if gt ~= 'stream' and gt ~= 'none' then return {-2, KEYS[4] .. ' is a ' .. gt ..
 /// or deleted only the meta's sync fields change (no new version).
 /// KEYS: leader, meta, list, log. ARGV: lease value, format, epoch, expected version, last_id,
 /// synced_at, node_id, log_keep, n_add, then n_add × (member, score), then members to delete.
-/// Returns `{version}`, `{-1, why}` (lease), `{-2, why}` (foreign data), `{-3, version}` (stale).
+/// Returns `{version}`, `{-1, why}` (lease), `{-2, why}` (foreign data), `{-3, why}` (stale, or a
+/// list that no longer holds `entries` members: the writer writes it all).
 pub fn publish_delta_script() -> String {
     CHECKS.to_string()
         + r"
-local meta = redis.call('HMGET', KEYS[2], 'epoch', 'version')
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'version', 'entries')
 if meta[1] ~= ARGV[3] or meta[2] ~= ARGV[4] then return {-3, tostring(meta[2])} end
+-- A list that lost members (expired, deleted, evicted) or gained foreign ones needs a full write.
+local held = redis.call('ZCARD', KEYS[3])
+if held ~= tonumber(meta[3]) then return {-3, KEYS[3] .. ' holds ' .. held .. ' of ' .. tostring(meta[3])} end
 local n = tonumber(ARGV[9])
 local first_del = 10 + 2 * n
 if n == 0 and first_del > #ARGV then
@@ -199,6 +203,9 @@ if n > 0 then
   local got = redis.call('ZCARD', KEYS[5])
   if got ~= n then return {-4, 'staged ' .. got .. ' of ' .. n} end
   redis.call('RENAME', KEYS[5], KEYS[3])
+  -- RENAME keeps the staging key's expiry: without this the list would delete itself
+  -- STAGING_TTL_S after every full write.
+  redis.call('PERSIST', KEYS[3])
 else
   redis.call('DEL', KEYS[3], KEYS[5])
 end
@@ -363,9 +370,9 @@ pub fn decode_log(reply: &Value, key: &str) -> Result<Vec<Delta>, String> {
 }
 
 /// The reply of the HISTORY script: Redis's time, then (member, score) pairs. Returns each
-/// request's time relative to now in ms: positive in the past, negative still ahead (a request
-/// in flight, or one whose leader died before it completed).
-pub fn decode_history(reply: &Value) -> Result<Vec<i64>, String> {
+/// request's name and its time relative to now in ms: positive in the past, negative still
+/// ahead (a request in flight, or one whose leader died before it completed).
+pub fn decode_history(reply: &Value) -> Result<Vec<(String, i64)>, String> {
     let bad = || "the request history is not ours".to_string();
     let Value::Array(items) = reply else { return Err(bad()) };
     let (now, rest) = items.split_first().ok_or_else(bad)?;
@@ -375,8 +382,10 @@ pub fn decode_history(reply: &Value) -> Result<Vec<i64>, String> {
     }
     rest.chunks_exact(2)
         .map(|p| {
+            let name = text(&p[0]).ok_or_else(bad)?;
             let s = text(&p[1]).and_then(|s| s.parse::<f64>().ok()).filter(|f| f.is_finite()).ok_or_else(bad)?;
-            Ok(now - s as i64)
+            // Saturating: a hostile score must not overflow; the limiter clamps what is ahead.
+            Ok((name, now.saturating_sub(s.clamp(i64::MIN as f64, i64::MAX as f64) as i64)))
         })
         .collect()
 }
@@ -459,7 +468,7 @@ mod tests {
     #[test]
     fn history_is_relative_to_redis_time() {
         let h = Value::Array(vec![Value::Int(10_000), b("1:1"), b("9000"), b("1:2"), b("12000")]);
-        assert_eq!(decode_history(&h).unwrap(), vec![1000, -2000]);
+        assert_eq!(decode_history(&h).unwrap(), vec![("1:1".into(), 1000), ("1:2".into(), -2000)]);
         assert!(decode_history(&Value::Array(vec![Value::Int(1), b("m")])).is_err());
         assert!(decode_history(&Value::Array(vec![])).is_err());
     }

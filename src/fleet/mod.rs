@@ -161,6 +161,9 @@ pub struct Fleet {
     holder: String,
     /// Requests reserved in the fleet's history by this node.
     requests: u64,
+    /// Makes this process's request names unique in the history, even when a flush restarts
+    /// the fencing counter and a token comes round again.
+    nonce: String,
     errors: u64,
 }
 
@@ -308,6 +311,7 @@ impl Fleet {
             seen: None,
             holder: String::new(),
             requests: 0,
+            nonce: new_epoch()[..8].to_string(),
             errors: 0,
             s,
         }
@@ -449,11 +453,12 @@ impl Fleet {
     }
 
     /// Right before an APIBAN request: is the lease still ours? If so it now covers the whole
-    /// request, and the request is in the fleet's history. `Err(LeaseLost)`: do not send.
-    pub fn before_request(&mut self) -> Result<(), FleetError> {
+    /// request, and the request is in the fleet's history under the name returned.
+    /// `Err(LeaseLost)`: do not send.
+    pub fn before_request(&mut self) -> Result<String, FleetError> {
         let Some(l) = &self.lease else { return Err(FleetError::LeaseLost) };
         self.requests += 1;
-        let (value, member) = (l.value.clone(), format!("{}:{}", l.token, self.requests));
+        let (value, member) = (l.value.clone(), self.request_name(l.token));
         let lease_ms = ms(self.s.leader_ttl.max(self.s.request_max + Duration::from_secs(1)));
         let (hold, keep) = (ms(self.s.request_max), ms(self.s.window) + ms(self.s.request_max));
         let r: i64 = self
@@ -466,14 +471,18 @@ impl Fleet {
             // Renewed for lease_ms, which is at least leader_ttl.
             l.renewed = Instant::now();
         }
-        Ok(())
+        Ok(member)
+    }
+
+    fn request_name(&self, token: u64) -> String {
+        format!("{token}:{}:{}", self.requests, self.nonce)
     }
 
     /// Right after the reply is complete: records its completion time in the fleet's
     /// history and brings the lease back to `leader_ttl`.
     pub fn after_request(&mut self) -> Result<(), FleetError> {
         let Some(l) = &self.lease else { return Err(FleetError::LeaseLost) };
-        let (value, member) = (l.value.clone(), format!("{}:{}", l.token, self.requests));
+        let (value, member) = (l.value.clone(), self.request_name(l.token));
         let ttl = ms(self.s.leader_ttl);
         let r: i64 = self.run(|c, k, s| s.done.key(&k.leader).key(&k.requests).arg(&value).arg(ttl).arg(&member).invoke(c))?;
         if r == 0 {
@@ -486,10 +495,11 @@ impl Fleet {
         Ok(())
     }
 
-    /// The fleet's APIBAN requests within the rate limit's window (plus a request's length), as
-    /// offsets from now in ms: positive in the past, negative not yet completed. A new leader
-    /// seeds its limiter with them, so the fleet keeps one budget across a hand-over.
-    pub fn history(&mut self) -> Result<Vec<i64>, FleetError> {
+    /// The fleet's APIBAN requests within the rate limit's window (plus a request's length):
+    /// each one's name and its offset from now in ms, positive in the past, negative not yet
+    /// completed. A new leader merges them into its limiter, so the fleet keeps one budget
+    /// across a hand-over.
+    pub fn history(&mut self) -> Result<Vec<(String, i64)>, FleetError> {
         let keep = ms(self.s.window) + ms(self.s.request_max);
         let r: Value = self.run(|c, k, s| s.history.key(&k.requests).arg(keep).invoke(c))?;
         decode_history(&r).map_err(|e| FleetError::Garbage(format!("{}: {e}", self.keys.requests)))

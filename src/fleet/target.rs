@@ -81,24 +81,32 @@ fn bad(what: impl fmt::Display) -> String {
     format!("parameter 'redis_url': {what}")
 }
 
-/// What the operator wrote, safe to echo: everything between `://` and the last `@` of the
-/// authority (user and password) becomes `***`, as does a `pass=` query value.
+/// What the operator wrote, safe to echo: everything between `://` and the last `@` (user and
+/// password, however many `/`, `:` or `@` an unencoded password holds) becomes `***`, as does a
+/// `pass=` query value. No host, master name or database number contains `@`, so whatever comes
+/// before the last one can only be user-info.
 pub fn redact_raw(v: &str) -> String {
     let Some((scheme, rest)) = v.split_once("://") else { return v.to_string() };
-    let (auth, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
+    let end = rest.find('?').unwrap_or(rest.len());
+    let mut out = match rest[..end].rfind('@') {
+        Some(i) => format!("{scheme}://***{}", &rest[i..]),
+        None => format!("{scheme}://{rest}"),
     };
-    let auth = match auth.rfind('@') {
-        Some(i) => format!("***{}", &auth[i..]),
-        None => auth.to_string(),
-    };
-    let mut out = format!("{scheme}://{auth}{path}");
     if let Some(i) = out.find("pass=") {
         let end = out[i..].find('&').map_or(out.len(), |e| i + e);
         out.replace_range(i + 5..end, "***");
     }
     out
+}
+
+/// Splits `[user-info@]authority[/path]` at the last `@` before any `?`, so that a password
+/// with an unencoded `/` never becomes a path or a host in an error message.
+fn split_userinfo(rest: &str) -> (Option<&str>, &str) {
+    let end = rest.find('?').unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
+        None => (None, rest),
+    }
 }
 
 fn parse_db(v: &str) -> Result<i64, String> {
@@ -137,10 +145,9 @@ fn parse_host_port(v: &str, default_port: u16) -> Result<(String, u16), String> 
 
 type Credentials = (Option<String>, Option<String>);
 
-/// `user:password@rest` → (user, password), rest. Either part may be empty.
-fn split_credentials(auth: &str) -> Result<(Credentials, &str), String> {
-    let Some(i) = auth.rfind('@') else { return Ok(((None, None), auth)) };
-    let (creds, rest) = (&auth[..i], &auth[i + 1..]);
+/// `user:password` → (user, password). Either part may be empty.
+fn parse_credentials(creds: Option<&str>) -> Result<Credentials, String> {
+    let Some(creds) = creds else { return Ok((None, None)) };
     let (u, p) = match creds.split_once(':') {
         Some((u, p)) => (u, Some(p)),
         None => (creds, None),
@@ -151,7 +158,7 @@ fn split_credentials(auth: &str) -> Result<(Credentials, &str), String> {
         Some(p) if !p.is_empty() => Some(dec(p, "password")?),
         _ => None,
     };
-    Ok(((user, pass), rest))
+    Ok((user, pass))
 }
 
 impl RedisTarget {
@@ -167,8 +174,9 @@ impl RedisTarget {
         }
         match scheme {
             "redis" | "rediss" => {
-                let (auth, path) = rest.split_once('/').unwrap_or((rest, ""));
-                let ((username, password), hostport) = split_credentials(auth)?;
+                let (creds, rest) = split_userinfo(rest);
+                let (username, password) = parse_credentials(creds)?;
+                let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
                 let (host, port) = parse_host_port(hostport, DEFAULT_PORT)?;
                 let db = if path.is_empty() { 0 } else { parse_db(path)? };
                 Ok(RedisTarget { endpoint: Endpoint::Tcp { host, port }, tls: scheme == "rediss", username, password, db })
@@ -192,10 +200,11 @@ impl RedisTarget {
                 Ok(t)
             }
             "redis+sentinel" | "rediss+sentinel" => {
-                let (auth, path) = rest
+                let (creds, rest) = split_userinfo(rest);
+                let (username, password) = parse_credentials(creds)?;
+                let (hosts, path) = rest
                     .split_once('/')
                     .ok_or_else(|| bad(format!("'{shown}' names no master: redis+sentinel://host:26379/mymaster")))?;
-                let ((username, password), hosts) = split_credentials(auth)?;
                 let nodes = hosts
                     .split(',')
                     .map(|h| parse_host_port(h, DEFAULT_SENTINEL_PORT))
@@ -268,6 +277,11 @@ mod tests {
             "redis+sentinel://:hunter2@h1,/m",
             "redis+sentinel://:hunter2@h1/",
             "redis://:hunter2%zz@h",
+            // A password with an unencoded '/' or '@': the user-info still ends at the last '@'.
+            "redis://u:hunter2/5678@h/x",
+            "redis://:hunter2/2@h:0",
+            "redis://:hun@ter2/2@",
+            "redis+sentinel://:hunter2/x@h1,",
             "hunter2",
         ] {
             let e = RedisTarget::parse(v).unwrap_err();
@@ -285,5 +299,16 @@ mod tests {
         assert_eq!(redact_raw("redis+unix:///s?db=1&pass=p&user=u"), "redis+unix:///s?db=1&pass=***&user=u");
         assert_eq!(redact_raw("redis://a@b@h/0"), "redis://***@h/0");
         assert_eq!(redact_raw("redis+unix://s.sock?pass=p"), "redis+unix://s.sock?pass=***");
+        assert_eq!(redact_raw("redis://u:1234/5678@h"), "redis://***@h");
+        assert_eq!(redact_raw("redis://:hunter/2@h/0"), "redis://***@h/0");
+    }
+
+    #[test]
+    fn an_unencoded_slash_in_the_password_is_still_the_password() {
+        let t = RedisTarget::parse("redis://u:1234/5678@h/3").unwrap();
+        assert_eq!((t.username.as_deref(), t.password.as_deref(), t.db), (Some("u"), Some("1234/5678"), 3));
+        assert_eq!(t.endpoint, Endpoint::Tcp { host: "h".into(), port: 6379 });
+        let t = RedisTarget::parse("redis+sentinel://:a/b@s1,s2/m").unwrap();
+        assert_eq!(t.password.as_deref(), Some("a/b"));
     }
 }

@@ -10,7 +10,8 @@
 //! limit is the fleet's). Redis trouble changes nothing in the table; after `fleet_fallback`
 //! of it a node pulls APIBAN on its own until Redis answers again.
 
-use super::{keep_newest, merge, RateLimiter, Refresher, RATE_MARGIN};
+use super::limiter::RATE_MARGIN;
+use super::{keep_newest, merge, Refresher};
 use crate::addr::Key;
 use crate::config::Settings;
 use crate::feed::START_ID;
@@ -83,10 +84,17 @@ fn fleet_settings(s: &Settings) -> Option<FleetSettings> {
         timeout: Duration::from_secs(cfg.timeout),
         // The feed client gives up a request 2 × timeout after it started.
         request_max: Duration::from_secs(2 * cfg.timeout),
-        window: Duration::from_secs(cfg.rate_limit.1) + RATE_MARGIN,
+        window: Duration::from_secs(cfg.rate_limit.window_secs) + RATE_MARGIN,
         // rediss:// trusts what the feed trusts: the system's store plus ca_file.
         ca_file: cfg.ca_file.clone(),
     })
+}
+
+/// How long from `now` until `period` after `at`, a unix time another node wrote into Redis:
+/// never more than `period` (a time from the future, a skewed clock or a hostile value must not
+/// stop the pulls), and no overflow whatever the value.
+fn schedule_from(at: u64, period: u64, now: u64) -> Duration {
+    Duration::from_secs(at.min(now).saturating_add(period).saturating_sub(now).min(period))
 }
 
 /// How long a leader waits before it writes the whole list again after a refused write.
@@ -132,23 +140,6 @@ impl FleetNode {
             fell_back: false,
             shown: (Role::Follower, String::new()),
         })
-    }
-}
-
-impl RateLimiter {
-    /// Replaces the history with the fleet's (offsets from now in ms: positive in the past,
-    /// negative a completion still ahead, counted until then). Ours is in it too.
-    fn adopt(&mut self, offsets: &[i64]) {
-        let now = Instant::now();
-        let mut done: Vec<Instant> = offsets
-            .iter()
-            .map(|&ms| match ms {
-                0.. => now.checked_sub(Duration::from_millis(ms as u64)).unwrap_or(now),
-                _ => now + Duration::from_millis(ms.unsigned_abs()),
-            })
-            .collect();
-        done.sort();
-        self.done = done.into();
     }
 }
 
@@ -240,7 +231,7 @@ impl Refresher<'_> {
         }
         // One budget for the fleet: the limiter counts what every leader sent.
         match f.client.history() {
-            Ok(h) => self.limiter.adopt(&h),
+            Ok(h) => self.limiter.adopt(Instant::now(), &h, f.client.settings().request_max),
             Err(e) => {
                 // Without the history we could exceed the fleet's rate limit: let another try.
                 f.client.release();
@@ -266,13 +257,12 @@ impl Refresher<'_> {
         if meta.last_id > START_ID && meta.last_id >= self.last_id.unwrap_or(0) {
             self.last_id = Some(meta.last_id);
         }
-        let now = unix_now();
-        let mono = Instant::now();
-        self.next_pull = mono + Duration::from_secs((meta.synced_at + cfg.interval).saturating_sub(now));
-        f.full_at = meta.full_at;
+        let (mono, now) = (Instant::now(), unix_now());
+        self.next_pull = mono + schedule_from(meta.synced_at, cfg.interval, now);
+        f.full_at = meta.full_at.min(now);
         // Unknown (a list written back after Redis lost it): a full pull in full_resync.
         let full_at = if meta.full_at > 0 { meta.full_at } else { now };
-        self.next_full = mono + Duration::from_secs((full_at + cfg.full_resync).saturating_sub(now));
+        self.next_full = mono + schedule_from(full_at, cfg.full_resync, now);
     }
 
     fn fleet_lost(&mut self, f: &mut FleetNode) {
@@ -338,22 +328,22 @@ impl Refresher<'_> {
         );
     }
 
-    /// Before an APIBAN request. False: do not send (the lease is gone, or Redis cannot
-    /// confirm it).
-    pub(super) fn fleet_before_request(&mut self) -> bool {
-        let Some(mut f) = self.fleet.take() else { return true };
+    /// Before an APIBAN request. `None`: do not send (the lease is gone, or Redis cannot
+    /// confirm it); else the request's name in the fleet's history, if it has one there.
+    pub(super) fn fleet_before_request(&mut self) -> Option<Option<String>> {
+        let Some(mut f) = self.fleet.take() else { return Some(None) };
         let go = match f.role {
-            Role::Fallback => true,
-            Role::Follower => false,
+            Role::Fallback => Some(None),
+            Role::Follower => None,
             Role::Leader => match f.client.before_request() {
-                Ok(()) => true,
+                Ok(name) => Some(Some(name)),
                 Err(FleetError::LeaseLost) => {
                     self.fleet_lost(&mut f);
-                    false
+                    None
                 }
                 Err(e) => {
                     self.fleet_error(&mut f, e);
-                    false
+                    None
                 }
             },
         };
@@ -487,5 +477,22 @@ impl Refresher<'_> {
             text!(c, leader).put(leader);
             f.shown = (f.role, leader.to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_from_redis_are_clamped() {
+        let now = 1_800_000_000;
+        assert_eq!(schedule_from(now - 10, 60, now), Duration::from_secs(50));
+        assert_eq!(schedule_from(now - 100, 60, now), Duration::ZERO);
+        // From the future (a skewed clock, a hostile value): at most one period.
+        assert_eq!(schedule_from(now + 3600, 60, now), Duration::from_secs(60));
+        assert_eq!(schedule_from(u64::MAX, 86400, now), Duration::from_secs(86400));
+        // Instant + the result must not overflow for any period the config accepts.
+        let _ = Instant::now() + schedule_from(u64::MAX, 10 * 365 * 86400, now);
     }
 }
