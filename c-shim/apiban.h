@@ -66,6 +66,7 @@ struct apiban_host {
 	N(fleet_syncs, "fleet mode: updates of the table taken from Redis (as a follower)") \
 	N(redis_errors, "fleet mode: failed calls to Redis") \
 	N(leading, "fleet mode: 1 while this node holds the lease and talks to APIBAN, else 0") \
+	N(settings_differ, "fleet mode: 1 while this node's settings differ from those the shared list was made with (it neither leads nor follows), else 0") \
 	T(last_error, "the last request's error, empty when it succeeded") \
 	T(state, "ok, syncing, backoff ..., starting") \
 	T(role, "standalone, leader, follower, or fallback (Redis lost for fleet_fallback)") \

@@ -28,7 +28,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-const TICK: Duration = Duration::from_millis(200);
+pub(crate) const TICK: Duration = Duration::from_millis(200);
 
 /// Runs forever. A panic restarts the loop after a pause: nothing here may end the process,
 /// since the server would then shut down.
@@ -110,8 +110,9 @@ struct Pull {
     stale_id: u64,
     requests: u32,
     started: Instant,
-    /// When the gathered addresses were last published ahead of the pull's end.
-    shown: Instant,
+    /// When the gathered addresses were last published ahead of the pull's end (None: not yet,
+    /// so the first batch shows at once).
+    shown: Option<Instant>,
 }
 
 /// A long pull (paced by the rate limit: minutes for a big list) publishes what it has so far at
@@ -228,18 +229,21 @@ impl<'l> Refresher<'l> {
 
     fn start(&mut self, full: bool, reason: &'static str) {
         let cursor = if full { START_ID } else { self.last_id.unwrap_or(START_ID) };
+        // A pull cut short by a reload: what it gathered is in the table already (progress
+        // publishes) and stays there; the new pull starts with it, so the table never shrinks.
+        let got = self.pull.take().map(|p| p.got).unwrap_or_default();
         self.pull = Some(Pull {
             full: full || self.last_id.is_none(),
             reason,
             cursor,
-            got: HashMap::new(),
+            got,
             skipped: 0,
             dropped: 0,
             stale: 0,
             stale_id: 0,
             requests: 0,
             started: Instant::now(),
-            shown: Instant::now(),
+            shown: None,
         });
         text!(self.m.stats.get(), state).put("syncing");
     }
@@ -422,17 +426,26 @@ impl<'l> Refresher<'l> {
         }
     }
 
-    /// Mid-pull: publishes what is held plus what this pull gathered so far. Only ever adds
-    /// addresses; the pull's end decides what is dropped.
+    /// Mid-pull: publishes what is held plus what this pull gathered so far, at the first batch
+    /// and then every PROGRESS_EVERY, and writes it to the snapshot, so that a restart blocks
+    /// what the node blocked before it. Only ever adds addresses; the pull's end decides what
+    /// is dropped. A leader's first full pull goes to Redis the same way: a new fleet protects
+    /// after the first batch, not after the last.
     fn publish_progress(&mut self) {
         let Some(p) = self.pull.as_mut() else { return };
-        if p.shown.elapsed() < PROGRESS_EVERY || p.got.is_empty() {
+        if p.shown.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) || p.got.is_empty() {
             return;
         }
-        p.shown = Instant::now();
-        let mut entries: Vec<(Key, u32)> = self.master.iter().map(|(&k, &t)| (k, t)).collect();
-        entries.extend(p.got.iter().map(|(&k, &t)| (k, t)));
-        self.publish_entries(&entries, unix_now());
+        p.shown = Some(Instant::now());
+        let mut held = self.master.clone();
+        held.extend(p.got.iter().map(|(&k, &t)| (k, t)));
+        let entries: Vec<(Key, u32)> = held.iter().map(|(&k, &t)| (k, t)).collect();
+        let now = unix_now();
+        self.publish_entries(&entries, now);
+        self.save_snapshot_of(entries, now);
+        if self.master.is_empty() {
+            self.fleet_progress(&held);
+        }
     }
 
     fn publish(&mut self, now: u64) {
@@ -452,12 +465,15 @@ impl<'l> Refresher<'l> {
     }
 
     fn save_snapshot(&self, now: u64) {
+        self.save_snapshot_of(self.master.iter().map(|(&k, &t)| (k, t)).collect(), now);
+    }
+
+    /// The snapshot of what the table holds: after a pull, the list; mid-pull, the list and
+    /// what the pull gathered, under the last ID of the last complete pull (a restart resumes
+    /// from there).
+    fn save_snapshot_of(&self, entries: Vec<(Key, u32)>, now: u64) {
         let Some(path) = &self.m.settings.cfg.snapshot_file else { return };
-        let s = Snapshot {
-            last_id: self.last_id.unwrap_or(0),
-            saved_at: now,
-            entries: self.master.iter().map(|(&k, &t)| (k, t)).collect(),
-        };
+        let s = Snapshot { last_id: self.last_id.unwrap_or(0), saved_at: now, entries };
         if let Err(e) = snapshot::save(path, &s) {
             log_warn!("cannot write snapshot {}: {e}; blocking goes on, a restart would start from the previous one", path.display());
         }

@@ -304,7 +304,7 @@ class TestFleet(FleetCase):
         r.cli("DEL", "apiban:list")
         feed.add(["127.0.0.79"])
         self.wait_refused([a, c], "127.0.0.79")
-        self.assertEqual(r.cli("HGET", "apiban:meta", "format"), "apiban-fleet-1")
+        self.assertEqual(r.cli("HGET", "apiban:meta", "format"), "apiban-fleet-2")
 
     def test_redis_over_tls_with_a_certificate_made_by_the_test(self):
         ca, cert, key = make_test_ca(os.path.join(self.tmp.path, "tls"))

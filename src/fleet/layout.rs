@@ -8,9 +8,9 @@
 //! | `P:leader`          | string     | `leader_ttl`        | `<node_id>:<token>`, the lease                |
 //! | `P:fence`           | string/int | none                | the fencing counter, INCR at each take        |
 //! | `P:requests`        | sorted set | window + a request  | APIBAN requests: member `<token>:<n>:<nonce>`, score the ms its reply completed (while in flight: the latest it can complete) |
-//! | `P:meta`            | hash       | none                | `format`, `epoch`, `version`, `last_id`, `synced_at`, `full_at`, `leader`, `entries` |
+//! | `P:meta`            | hash       | none                | `format`, `epoch`, `version`, `last_id`, `synced_at`, `full_at`, `leader`, `entries`, `writer` (`<node_id>:<token>:<random>`, unique to each version written), `settings` (what shapes the list and the budget, never the key) |
 //! | `P:list`            | sorted set | none (PERSIST after the rename) | member the address as text, score the unix time APIBAN listed it |
-//! | `P:log`             | stream     | none, ~1000 entries | one entry per version: ID `<version>-0`, fields `add` (`addr=time ...`) and `del` (`addr ...`), or `full` (a count) |
+//! | `P:log`             | stream     | none, ~1000 entries | one entry per version: ID `<version>-0`, fields `writer`, then `add` (`addr=time ...`) and `del` (`addr ...`), or `full` (a count) |
 //! | `P:staging:<token>` | sorted set | 300 s               | a full list being written, renamed over `P:list` at commit |
 //!
 //! Readers never see half a list: a delta (ZADD/ZREM on the list, the log entry, the version)
@@ -23,7 +23,9 @@ use crate::addr::{parse_text, Key};
 use redis::Value;
 
 /// Refuses data written by another version of this format (or by anything else).
-pub const FORMAT: &str = "apiban-fleet-1";
+/// 2: each version names its writer (a version number alone can come back after a fail-over
+/// that lost writes), and the meta holds the settings that shape the list.
+pub const FORMAT: &str = "apiban-fleet-2";
 /// Log entries kept (approximately: MAXLEN ~): a follower further behind reads the full list.
 pub const LOG_KEEP: u32 = 1000;
 /// Members per ZADD when a full list is written aside.
@@ -146,28 +148,31 @@ if gt ~= 'stream' and gt ~= 'none' then return {-2, KEYS[4] .. ' is a ' .. gt ..
 ";
 
 /// One incremental sync, atomically: add or relist, delete, log the change, bump the version.
-/// Refused when the writer's view (epoch, version) is not the current one. With nothing added
-/// or deleted only the meta's sync fields change (no new version).
-/// KEYS: leader, meta, list, log. ARGV: lease value, format, epoch, expected version, last_id,
-/// synced_at, node_id, log_keep, n_add, then n_add × (member, score), then members to delete.
+/// Refused when the writer's view (epoch, version, that version's writer) is not the current
+/// one, or when the fleet's settings are not the writer's. With nothing added or deleted only
+/// the meta's sync fields change (no new version).
+/// KEYS: leader, meta, list, log. ARGV: lease value, format, epoch, expected version, expected
+/// writer, new writer, last_id, synced_at, node_id, log_keep, settings, n_add, then n_add ×
+/// (member, score), then members to delete.
 /// Returns `{version}`, `{-1, why}` (lease), `{-2, why}` (foreign data), `{-3, why}` (stale, or a
 /// list that no longer holds `entries` members: the writer writes it all).
 pub fn publish_delta_script() -> String {
     CHECKS.to_string()
         + r"
-local meta = redis.call('HMGET', KEYS[2], 'epoch', 'version', 'entries')
-if meta[1] ~= ARGV[3] or meta[2] ~= ARGV[4] then return {-3, tostring(meta[2])} end
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'version', 'entries', 'writer', 'settings')
+if meta[1] ~= ARGV[3] or meta[2] ~= ARGV[4] or meta[4] ~= ARGV[5] then return {-3, tostring(meta[2])} end
+if meta[5] ~= ARGV[11] then return {-3, 'the settings changed'} end
 -- A list that lost members (expired, deleted, evicted) or gained foreign ones needs a full write.
 local held = redis.call('ZCARD', KEYS[3])
 if held ~= tonumber(meta[3]) then return {-3, KEYS[3] .. ' holds ' .. held .. ' of ' .. tostring(meta[3])} end
-local n = tonumber(ARGV[9])
-local first_del = 10 + 2 * n
+local n = tonumber(ARGV[12])
+local first_del = 13 + 2 * n
 if n == 0 and first_del > #ARGV then
-  redis.call('HSET', KEYS[2], 'last_id', ARGV[5], 'synced_at', ARGV[6], 'leader', ARGV[7])
+  redis.call('HSET', KEYS[2], 'last_id', ARGV[7], 'synced_at', ARGV[8], 'leader', ARGV[9])
   return {tonumber(ARGV[4])}
 end
 local add, del = {}, {}
-for i = 10, first_del - 1, 2000 do
+for i = 13, first_del - 1, 2000 do
   local args = {}
   for j = i, math.min(i + 1998, first_del - 2), 2 do
     args[#args + 1] = ARGV[j + 1]; args[#args + 1] = ARGV[j]
@@ -183,18 +188,19 @@ for i = first_del, #ARGV, 1000 do
   redis.call('ZREM', KEYS[3], unpack(args))
 end
 local v = tonumber(ARGV[4]) + 1
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], v .. '-0', 'add', table.concat(add, ' '), 'del', table.concat(del, ' '))
-redis.call('HSET', KEYS[2], 'version', v, 'last_id', ARGV[5], 'synced_at', ARGV[6], 'leader', ARGV[7],
-  'entries', redis.call('ZCARD', KEYS[3]))
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[10], v .. '-0', 'writer', ARGV[6], 'add', table.concat(add, ' '),
+  'del', table.concat(del, ' '))
+redis.call('HSET', KEYS[2], 'version', v, 'writer', ARGV[6], 'last_id', ARGV[7], 'synced_at', ARGV[8],
+  'leader', ARGV[9], 'entries', redis.call('ZCARD', KEYS[3]))
 return {v}
 "
 }
 
 /// A full list written aside (`P:staging:<token>`) becomes the list, atomically, under a new
-/// epoch; the log starts again with a `full` entry.
+/// epoch; the log starts again with a `full` entry. A full write also sets the fleet's settings.
 /// KEYS: leader, meta, list, log, staging. ARGV: lease value, format, epoch, count, last_id,
-/// synced_at, full_at, node_id, log_keep. Returns `{version}`, `{-1, why}`, `{-2, why}`, or
-/// `{-4, why}` when the staged list is not complete.
+/// synced_at, full_at, node_id, log_keep, writer, settings. Returns `{version}`, `{-1, why}`,
+/// `{-2, why}`, or `{-4, why}` when the staged list is not complete.
 pub fn commit_full_script() -> String {
     CHECKS.to_string()
         + r"
@@ -211,15 +217,17 @@ else
 end
 local v = (tonumber(redis.call('HGET', KEYS[2], 'version')) or 0) + 1
 redis.call('DEL', KEYS[4])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], v .. '-0', 'full', n)
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], v .. '-0', 'writer', ARGV[10], 'full', n)
 redis.call('HSET', KEYS[2], 'format', ARGV[2], 'epoch', ARGV[3], 'version', v, 'last_id', ARGV[5],
-  'synced_at', ARGV[6], 'full_at', ARGV[7], 'leader', ARGV[8], 'entries', n)
+  'synced_at', ARGV[6], 'full_at', ARGV[7], 'leader', ARGV[8], 'entries', n, 'writer', ARGV[10],
+  'settings', ARGV[11])
 return {v}
 "
 }
 
 /// The meta fields, in the order every HMGET of them asks.
-pub const META_FIELDS: [&str; 8] = ["format", "epoch", "version", "last_id", "synced_at", "full_at", "leader", "entries"];
+pub const META_FIELDS: [&str; 10] =
+    ["format", "epoch", "version", "last_id", "synced_at", "full_at", "leader", "entries", "writer", "settings"];
 
 /// What `P:meta` says, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -231,6 +239,11 @@ pub struct Meta {
     pub full_at: u64,
     pub leader: String,
     pub entries: u64,
+    /// Who wrote this version (`<node_id>:<token>:<random>`): with the epoch and the number, what
+    /// makes a version one and only one list.
+    pub writer: String,
+    /// The settings of the node that wrote the list last in full.
+    pub settings: String,
 }
 
 fn text(v: &Value) -> Option<String> {
@@ -279,6 +292,8 @@ impl Meta {
             full_at: number(&f[5]).unwrap_or(0),
             leader: text(&f[6]).unwrap_or_default(),
             entries: num(7)?,
+            writer: text(&f[8]).unwrap_or_default(),
+            settings: text(&f[9]).unwrap_or_default(),
         }))
     }
 }
@@ -326,6 +341,7 @@ fn shorten(s: &str) -> String {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Delta {
     pub version: u64,
+    pub writer: String,
     /// A full list was written at this version: the log before it means nothing.
     pub full: bool,
     pub add: Vec<(Key, u32)>,
@@ -348,6 +364,7 @@ pub fn decode_log(reply: &Value, key: &str) -> Result<Vec<Delta>, String> {
             let (f, v) = (text(f).ok_or_else(bad)?, text(v).ok_or_else(bad)?);
             match f.as_str() {
                 "full" => d.full = true,
+                "writer" => d.writer = v,
                 "add" => {
                     for tok in v.split_ascii_whitespace() {
                         let (a, t) = tok.rsplit_once('=').ok_or_else(bad)?;
@@ -399,6 +416,7 @@ mod tests {
     }
 
     fn meta(fields: [Option<&str>; 8]) -> Value {
+        let fields: Vec<Option<&str>> = fields.into_iter().chain([Some("n1:1:ab"), Some("s")]).collect();
         Value::Array(fields.iter().map(|f| f.map_or(Value::Nil, b)).collect())
     }
 
@@ -407,9 +425,10 @@ mod tests {
         let ok = meta([Some(FORMAT), Some("e1"), Some("7"), Some("1700000000"), Some("1700000100"), None, Some("n1"), Some("3")]);
         let m = Meta::decode(&ok, "apiban:meta").unwrap().unwrap();
         assert_eq!((m.epoch.as_str(), m.version, m.last_id, m.entries, m.leader.as_str()), ("e1", 7, 1700000000, 3, "n1"));
-        assert_eq!(Meta::decode(&meta([None; 8]), "k").unwrap(), None);
-        let other = meta([Some("apiban-fleet-2"), Some("e"), Some("1"), Some("1"), Some("1"), None, None, Some("0")]);
-        assert!(Meta::decode(&other, "k").unwrap_err().contains("format 'apiban-fleet-2'"));
+        assert_eq!((m.writer.as_str(), m.settings.as_str()), ("n1:1:ab", "s"));
+        assert_eq!(Meta::decode(&Value::Array(vec![Value::Nil; META_FIELDS.len()]), "k").unwrap(), None);
+        let other = meta([Some("apiban-fleet-1"), Some("e"), Some("1"), Some("1"), Some("1"), None, None, Some("0")]);
+        assert!(Meta::decode(&other, "k").unwrap_err().contains("format 'apiban-fleet-1'"));
         let nofmt = meta([None, Some("e"), Some("1"), Some("1"), Some("1"), None, None, Some("0")]);
         assert!(Meta::decode(&nofmt, "k").unwrap_err().contains("no format"));
         let badnum = meta([Some(FORMAT), Some("e"), Some("x"), Some("1"), Some("1"), None, None, Some("0")]);
@@ -445,13 +464,13 @@ mod tests {
     fn log_entries_decode() {
         let log = Value::Array(vec![
             entry("5-0", &[("add", "192.0.2.1=1700000000 2001:db8::2=1700000001"), ("del", "192.0.2.9")]),
-            entry("6-0", &[("full", "12")]),
+            entry("6-0", &[("writer", "n:2:x"), ("full", "12")]),
             entry("7-0", &[("add", ""), ("del", "")]),
         ]);
         let d = decode_log(&log, "k").unwrap();
         assert_eq!(d.len(), 3);
         assert_eq!((d[0].version, d[0].add.len(), d[0].del.clone(), d[0].full), (5, 2, vec![Key::V4(0xc000_0209)], false));
-        assert!(d[1].full && d[1].version == 6);
+        assert!(d[1].full && d[1].version == 6 && d[1].writer == "n:2:x");
         assert!(d[2].add.is_empty() && d[2].del.is_empty());
         for bad in [
             Value::Array(vec![entry("5-1", &[("add", "")])]),

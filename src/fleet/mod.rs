@@ -47,6 +47,11 @@ pub struct FleetSettings {
     pub window: Duration,
     /// PEM bundle trusted for rediss:// in addition to the system store.
     pub ca_file: Option<PathBuf>,
+    /// The most addresses a read takes from Redis (the newest): `max_entries`.
+    pub max_entries: usize,
+    /// What shapes the list and the budget, as text (never the key): written with each full
+    /// list, and every delta is refused when the fleet's differ.
+    pub fingerprint: String,
 }
 
 /// Redis trouble, classified for stats and logs. Texts never hold the password.
@@ -123,6 +128,22 @@ pub struct SyncInfo {
     pub full_at: u64,
 }
 
+/// One version of the shared list: an epoch (a full write), a number within it, and who wrote
+/// it. After a fail-over that lost writes the same number can come back with another list; the
+/// writer tells them apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Seen {
+    epoch: String,
+    version: u64,
+    writer: String,
+}
+
+impl Seen {
+    fn of(m: &Meta) -> Seen {
+        Seen { epoch: m.epoch.clone(), version: m.version, writer: m.writer.clone() }
+    }
+}
+
 struct Lease {
     token: u64,
     value: String,
@@ -155,8 +176,8 @@ pub struct Fleet {
     last_err: Option<FleetError>,
     scripts: Scripts,
     lease: Option<Lease>,
-    /// The list version we hold: (epoch, version), read or written.
-    seen: Option<(String, u64)>,
+    /// The list version we hold, read or written.
+    seen: Option<Seen>,
     /// The node that holds the lease, as last seen.
     holder: String,
     /// Requests reserved in the fleet's history by this node.
@@ -262,6 +283,9 @@ fn classify(e: &redis::RedisError, password: Option<&str>) -> FleetError {
     }
     match (e.kind(), code.as_str()) {
         (K::AuthenticationFailed, _) | (_, "NOAUTH" | "WRONGPASS" | "NOPERM") => FleetError::Auth(text),
+        // A client that has not authenticated may send only short commands (Redis 7): a
+        // password is missing.
+        _ if text.contains("unauthenticated") => FleetError::Auth(text),
         (_, "WRONGTYPE") | (K::Parse | K::UnexpectedReturnType, _) => FleetError::Garbage(text),
         (_, "READONLY" | "LOADING" | "MASTERDOWN") => FleetError::Unavailable(text),
         (K::Io | K::MasterNameNotFoundBySentinel | K::EmptySentinelList | K::InvalidClientConfig, _) => FleetError::Unavailable(text),
@@ -328,7 +352,7 @@ impl Fleet {
 
     /// The list version held (read or written), 0 before the first.
     pub fn version(&self) -> u64 {
-        self.seen.as_ref().map_or(0, |s| s.1)
+        self.seen.as_ref().map_or(0, |s| s.version)
     }
 
     /// The node id of the lease holder as last seen ("" when unknown or none).
@@ -445,6 +469,12 @@ impl Fleet {
         }
     }
 
+    /// Who holds the lease now, read only (`None`: nobody).
+    pub fn lease_holder(&mut self) -> Result<Option<String>, FleetError> {
+        let v: Option<String> = self.run(|c, k, _| redis::cmd("GET").arg(&k.leader).query(c))?;
+        Ok(v.map(|v| holder_node(&Value::BulkString(v.into_bytes()))))
+    }
+
     /// Lets the lease go on a clean stop, if it is still ours.
     pub fn release(&mut self) {
         if let Some(l) = self.lease.take() {
@@ -508,12 +538,12 @@ impl Fleet {
     /// What is new in Redis since the version we hold. One round trip when nothing is.
     pub fn poll(&mut self) -> Result<Poll, FleetError> {
         let seen = self.seen.clone();
-        let from = seen.as_ref().map_or(1, |s| s.1 + 1);
         let replies: Vec<Value> = self.run(|c, k, _| {
             let mut p = redis::pipe();
             p.atomic().cmd("HMGET").arg(&k.meta).arg(&META_FIELDS[..]);
-            if seen.is_some() {
-                p.cmd("XRANGE").arg(&k.log).arg(format!("{from}-0")).arg("+");
+            if let Some(s) = &seen {
+                // From the version we hold, to check that it is still the one its number names.
+                p.cmd("XRANGE").arg(&k.log).arg(format!("{}-0", s.version)).arg("+").arg("COUNT").arg(LOG_KEEP + 1);
             }
             p.query(c)
         })?;
@@ -522,14 +552,14 @@ impl Fleet {
             Some(m) => m,
         };
         self.holder_from_meta(&meta);
-        if let (Some((epoch, v)), Some(log)) = (&seen, replies.get(1)) {
-            if *epoch == meta.epoch && *v == meta.version {
+        if let (Some(seen), Some(log)) = (&seen, replies.get(1)) {
+            if *seen == Seen::of(&meta) {
                 return Ok(Poll::Same(meta));
             }
-            if *epoch == meta.epoch && *v < meta.version {
+            if seen.epoch == meta.epoch && seen.version < meta.version {
                 let log = decode_log(log, &self.keys.log).map_err(FleetError::Garbage)?;
-                if let Some(change) = fold(&log, *v, meta.version) {
-                    self.seen = Some((meta.epoch.clone(), meta.version));
+                if let Some(change) = fold(&log, seen, meta.version) {
+                    self.seen = Some(Seen::of(&meta));
                     return Ok(Poll::Update { meta, change });
                 }
             }
@@ -543,28 +573,54 @@ impl Fleet {
         }
     }
 
-    /// The whole list with its meta, in one MULTI: a consistent version.
+    /// The list with its meta, in one MULTI: a consistent version. Bounded: at most
+    /// `max_entries` addresses cross the wire (the newest), whatever the list holds; a list
+    /// whose size is not the meta's is refused.
     fn read_full(&mut self) -> Result<Poll, FleetError> {
-        let (meta_r, list_r): (Value, Value) = self.run(|c, k, _| {
-            redis::pipe().atomic().cmd("HMGET").arg(&k.meta).arg(&META_FIELDS[..]).cmd("ZRANGE").arg(&k.list).arg(0).arg(-1).arg("WITHSCORES").query(c)
+        let max = self.s.max_entries.max(1);
+        let (meta_r, held, list_r): (Value, u64, Value) = self.run(|c, k, _| {
+            redis::pipe()
+                .atomic()
+                .cmd("HMGET")
+                .arg(&k.meta)
+                .arg(&META_FIELDS[..])
+                .cmd("ZCARD")
+                .arg(&k.list)
+                .cmd("ZRANGE")
+                .arg(&k.list)
+                .arg("+inf")
+                .arg("-inf")
+                .arg("BYSCORE")
+                .arg("REV")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(max)
+                .arg("WITHSCORES")
+                .query(c)
         })?;
         let meta = match Meta::decode(&meta_r, &self.keys.meta).map_err(FleetError::Garbage)? {
             None => return Ok(Poll::Empty),
             Some(m) => m,
         };
-        let list = decode_list(&list_r, &self.keys.list).map_err(FleetError::Garbage)?;
-        if list.len() as u64 != meta.entries {
+        if held != meta.entries {
             return Err(FleetError::Garbage(format!(
-                "{} holds {} addresses where {} says {}: truncated or foreign, refused",
-                self.keys.list,
-                list.len(),
-                self.keys.meta,
-                meta.entries
+                "{} holds {held} addresses where {} says {}: truncated or foreign, refused",
+                self.keys.list, self.keys.meta, meta.entries
             )));
         }
-        self.seen = Some((meta.epoch.clone(), meta.version));
+        let list = decode_list(&list_r, &self.keys.list).map_err(FleetError::Garbage)?;
+        if list.len() as u64 != meta.entries.min(max as u64) {
+            return Err(FleetError::Garbage(format!("{}: a short read, refused", self.keys.list)));
+        }
+        self.seen = Some(Seen::of(&meta));
         self.holder_from_meta(&meta);
         Ok(Poll::Update { meta, change: Change::Full(list) })
+    }
+
+    /// A name for the version about to be written: unique, whatever Redis lost or reused.
+    fn writer(&self) -> String {
+        let token = self.lease.as_ref().map_or(0, |l| l.token);
+        format!("{}:{token}:{}", self.s.node_id, &new_epoch()[..8])
     }
 
     /// After a sync, as leader: writes what changed, or the whole list (`delta` None: a full
@@ -573,17 +629,21 @@ impl Fleet {
     pub fn publish(&mut self, all: &HashMap<Key, u32>, delta: Option<Changed>, info: SyncInfo) -> Result<u64, FleetError> {
         let Some(l) = &self.lease else { return Err(FleetError::LeaseLost) };
         let lease = l.value.clone();
-        if let (Some(Changed { add, del }), Some((epoch, version))) = (delta, self.seen.clone()) {
-            let mut args: Vec<String> = Vec::with_capacity(9 + add.len() * 2 + del.len());
+        if let (Some(Changed { add, del }), Some(seen)) = (delta, self.seen.clone()) {
+            let writer = self.writer();
+            let mut args: Vec<String> = Vec::with_capacity(12 + add.len() * 2 + del.len());
             args.extend([
                 lease.clone(),
                 FORMAT.into(),
-                epoch.clone(),
-                version.to_string(),
+                seen.epoch.clone(),
+                seen.version.to_string(),
+                seen.writer.clone(),
+                writer.clone(),
                 info.last_id.to_string(),
                 info.synced_at.to_string(),
                 self.s.node_id.clone(),
                 LOG_KEEP.to_string(),
+                self.s.fingerprint.clone(),
                 add.len().to_string(),
             ]);
             for (k, t) in add {
@@ -601,7 +661,9 @@ impl Fleet {
             })?;
             match self.script_result(r)? {
                 Ok(v) => {
-                    self.seen = Some((epoch, v));
+                    // Nothing changed: the version, and its writer, stay.
+                    let writer = if v == seen.version { seen.writer } else { writer };
+                    self.seen = Some(Seen { epoch: seen.epoch, version: v, writer });
                     return Ok(v);
                 }
                 // Redis does not hold what we last wrote: write it all.
@@ -615,7 +677,7 @@ impl Fleet {
         let token = self.lease.as_ref().map_or(0, |l| l.token);
         let staging = self.keys.staging(token);
         let entries: Vec<(&Key, &u32)> = all.iter().collect();
-        self.run(|c, _, _| {
+        let staged = self.run(|c, _, _| {
             let mut p = redis::pipe();
             p.cmd("DEL").arg(&staging).ignore();
             for chunk in entries.chunks(CHUNK) {
@@ -628,9 +690,16 @@ impl Fleet {
             }
             p.cmd("EXPIRE").arg(&staging).arg(STAGING_TTL_S).ignore();
             p.query::<()>(c)
-        })?;
+        });
+        if let Err(e) = staged {
+            // A Redis at maxmemory refuses the ZADDs but not a DEL: leave nothing half-written.
+            let _ = self.run(|c, _, _| redis::cmd("DEL").arg(&staging).exec(c));
+            return Err(e);
+        }
         let epoch = new_epoch();
+        let writer = self.writer();
         let node = self.s.node_id.clone();
+        let fingerprint = self.s.fingerprint.clone();
         let n = entries.len();
         let r: Value = self.run(|c, k, s| {
             s.commit
@@ -648,14 +717,19 @@ impl Fleet {
                 .arg(info.full_at)
                 .arg(&node)
                 .arg(LOG_KEEP)
+                .arg(&writer)
+                .arg(&fingerprint)
                 .invoke(c)
         })?;
         match self.script_result(r)? {
             Ok(v) => {
-                self.seen = Some((epoch, v));
+                self.seen = Some(Seen { epoch, version: v, writer });
                 Ok(v)
             }
-            Err(why) => Err(FleetError::Server(format!("the full list was not committed: {why}"))),
+            Err(why) => {
+                let _ = self.run(|c, _, _| redis::cmd("DEL").arg(&staging).exec(c));
+                Err(FleetError::Server(format!("the full list was not committed: {why}")))
+            }
         }
     }
 
@@ -687,12 +761,18 @@ fn holder_node(v: &Value) -> String {
     }
 }
 
-/// Folds the log entries after version `from` up to `to` into one change, or None when the log
-/// cannot tell (trimmed past `from`, a gap, or a full list in between): then read it all.
-fn fold(log: &[Delta], from: u64, to: u64) -> Option<Change> {
-    let mut want = from + 1;
+/// Folds the log entries after the version held up to `to` into one change, or None when the
+/// log cannot tell (the version held is not in it as we saw it: trimmed, or another list under
+/// the same number after a fail-over that lost writes; a gap; a full list in between): then
+/// read it all.
+fn fold(log: &[Delta], seen: &Seen, to: u64) -> Option<Change> {
+    let (first, rest) = log.split_first()?;
+    if first.version != seen.version || first.writer != seen.writer {
+        return None;
+    }
+    let mut want = seen.version + 1;
     let mut state: HashMap<Key, Option<u32>> = HashMap::new();
-    for d in log {
+    for d in rest {
         if d.version > to {
             break;
         }
@@ -728,6 +808,7 @@ mod tests {
     fn d(version: u64, add: &[(u32, u32)], del: &[u32]) -> Delta {
         Delta {
             version,
+            writer: format!("w{version}"),
             full: false,
             add: add.iter().map(|&(a, t)| (Key::V4(a), t)).collect(),
             del: del.iter().map(|&a| Key::V4(a)).collect(),
@@ -741,26 +822,35 @@ mod tests {
         (add, del)
     }
 
+    fn seen(version: u64) -> Seen {
+        Seen { epoch: "e".into(), version, writer: format!("w{version}") }
+    }
+
     #[test]
     fn deltas_fold_in_order() {
-        let log = [d(4, &[(1, 10), (2, 10)], &[]), d(5, &[(3, 11)], &[1]), d(6, &[(1, 12)], &[2])];
-        let (add, del) = sorted(fold(&log, 3, 6).unwrap());
+        let log = [d(3, &[], &[]), d(4, &[(1, 10), (2, 10)], &[]), d(5, &[(3, 11)], &[1]), d(6, &[(1, 12)], &[2])];
+        let (add, del) = sorted(fold(&log, &seen(3), 6).unwrap());
         assert_eq!(add, vec![(Key::V4(1), 12), (Key::V4(3), 11)]);
         assert_eq!(del, vec![Key::V4(2)]);
         // Entries past the meta's version (written between the two reads) wait for the next poll.
-        let (add, _) = sorted(fold(&log, 3, 4).unwrap());
+        let (add, _) = sorted(fold(&log, &seen(3), 4).unwrap());
         assert_eq!(add.len(), 2);
     }
 
     #[test]
     fn a_log_that_cannot_tell_means_a_full_read() {
-        let log = [d(5, &[(1, 10)], &[]), d(6, &[], &[])];
-        assert!(fold(&log, 3, 6).is_none(), "version 4 was trimmed");
-        assert!(fold(&log, 4, 7).is_none(), "version 7 is missing");
+        let log = [d(4, &[], &[]), d(5, &[(1, 10)], &[]), d(6, &[], &[])];
+        assert!(fold(&log[1..], &seen(3), 6).is_none(), "version 4 was trimmed");
+        assert!(fold(&log, &seen(4), 7).is_none(), "version 7 is missing");
         let mut full = d(6, &[], &[]);
         full.full = true;
-        assert!(fold(&[d(5, &[], &[]), full], 4, 6).is_none());
-        assert!(fold(&[], 4, 5).is_none());
+        assert!(fold(&[d(4, &[], &[]), d(5, &[], &[]), full], &seen(4), 6).is_none());
+        assert!(fold(&[], &seen(4), 5).is_none());
+        // The version held came back under the same number with another writer (a fail-over
+        // that lost the write we saw): the log after it is another list's.
+        let mut other = d(4, &[], &[]);
+        other.writer = "w4-after-failover".into();
+        assert!(fold(&[other, d(5, &[], &[])], &seen(4), 5).is_none());
     }
 
     #[test]
@@ -798,6 +888,8 @@ mod tests {
             request_max: Duration::from_secs(3),
             window: Duration::from_secs(10),
             ca_file: None,
+            max_entries: 1000,
+            fingerprint: String::new(),
         };
         let mut f = Fleet::new(s);
         assert_eq!(f.errors(), 0);

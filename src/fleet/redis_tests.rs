@@ -54,6 +54,8 @@ fn settings(port: u16, node: &str, password: Option<&str>) -> FleetSettings {
         request_max: Duration::from_secs(2),
         window: Duration::from_secs(10),
         ca_file: None,
+        max_entries: 1000,
+        fingerprint: "url=t".into(),
     }
 }
 
@@ -320,4 +322,74 @@ fn the_list_outlives_the_staging_key_and_a_list_that_lost_members_is_written_aga
     assert_eq!((meta.version, meta.entries, list.len()), (v, 3, 3));
     let ttl: i64 = redis::cmd("TTL").arg("t:list").query(&mut r).unwrap();
     assert_eq!(ttl, -1);
+}
+
+#[test]
+fn a_version_number_reused_after_lost_writes_is_still_applied() {
+    let srv = server(&[]);
+    let mut a = Fleet::new(settings(srv.port, "node-a", None));
+    let mut f = Fleet::new(settings(srv.port, "node-f", None));
+    a.lease().unwrap();
+    let mut all = entries(&[(1, 100)]);
+    let v1 = a.publish(&all, None, info(1)).unwrap();
+    all.insert(Key::V4(2), 101);
+    let v2 = a.publish(&all, Some(Changed { add: &[(Key::V4(2), 101)], del: &[] }), info(2)).unwrap();
+    assert_eq!(expect_full(f.poll().unwrap()).0.version, v2);
+    // A fail-over loses version 2: the replica that becomes master had only version 1. Made
+    // here by hand: the meta goes back to v1 and its writer, the log loses entry 2.
+    let mut r = raw(srv.port);
+    let w1: String = redis::cmd("XRANGE").arg("t:log").arg("-").arg("+").query::<Vec<(String, HashMap<String, String>)>>(&mut r).unwrap()[0].1["writer"].clone();
+    redis::cmd("HSET").arg("t:meta").arg("version").arg(v1).arg("writer").arg(&w1).arg("entries").arg(1).exec(&mut r).unwrap();
+    redis::cmd("ZREM").arg("t:list").arg("0.0.0.2").exec(&mut r).unwrap();
+    redis::cmd("DEL").arg("t:log").exec(&mut r).unwrap();
+    redis::cmd("XADD").arg("t:log").arg(format!("{v1}-0")).arg("writer").arg(&w1).arg("full").arg(1).exec(&mut r).unwrap();
+    // A new leader writes another version 2 (with address 3).
+    redis::cmd("DEL").arg("t:leader").exec(&mut r).unwrap();
+    let mut b = Fleet::new(settings(srv.port, "node-b", None));
+    b.lease().unwrap();
+    expect_full(b.poll().unwrap());
+    let mut other = entries(&[(1, 100)]);
+    other.insert(Key::V4(3), 102);
+    let v2b = b.publish(&other, Some(Changed { add: &[(Key::V4(3), 102)], del: &[] }), info(3)).unwrap();
+    assert_eq!(v2b, v2, "the same number comes back");
+    // The follower that saw the lost version 2 notices the writer changed and reads it all.
+    let (meta, list) = expect_full(f.poll().unwrap());
+    assert_eq!(meta.version, v2);
+    assert_eq!(list, vec![(Key::V4(1), 100), (Key::V4(3), 102)]);
+    // And once more from there: a delta.
+    assert!(matches!(f.poll().unwrap(), Poll::Same(_)));
+}
+
+#[test]
+fn reads_are_bounded_and_a_refused_full_write_leaves_nothing_behind() {
+    let srv = server(&[]);
+    let mut a = Fleet::new(settings(srv.port, "node-a", None));
+    a.lease().unwrap();
+    let all: HashMap<Key, u32> = (0..50u32).map(|i| (Key::V4(i), 100 + i)).collect();
+    a.publish(&all, None, info(1)).unwrap();
+    // A follower that may hold 10 gets the 10 newest, however long the list.
+    let mut s = settings(srv.port, "node-f", None);
+    s.max_entries = 10;
+    let mut f = Fleet::new(s);
+    let (meta, list) = expect_full(f.poll().unwrap());
+    assert_eq!((meta.entries, list.len()), (50, 10));
+    assert!(list.iter().all(|&(_, t)| t >= 140), "{list:?}");
+    // A hostile ZADD under the prefix: the size no longer matches, refused without a read of it.
+    let mut r = raw(srv.port);
+    let mut z = redis::cmd("ZADD");
+    z.arg("t:list");
+    for i in 0..5000u32 {
+        z.arg(1).arg(format!("10.9.{}.{}", i / 256, i % 256));
+    }
+    z.exec(&mut r).unwrap();
+    let mut g = Fleet::new(settings(srv.port, "node-g", None));
+    let e = g.poll().unwrap_err();
+    assert!(matches!(&e, FleetError::Garbage(t) if t.contains("holds 5050")), "{e:?}");
+    // A Redis at maxmemory refuses the full write: no staging key is left behind.
+    redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(1).exec(&mut r).unwrap();
+    let e = a.publish(&all, None, info(2)).unwrap_err();
+    assert!(matches!(&e, FleetError::Server(t) if t.contains("OOM")), "{e:?}");
+    redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).exec(&mut r).unwrap();
+    let staged: Vec<String> = redis::cmd("KEYS").arg("t:staging:*").query(&mut r).unwrap();
+    assert!(staged.is_empty(), "{staged:?}");
 }

@@ -62,9 +62,22 @@ pub(super) struct FleetNode {
     retry_publish: Option<Instant>,
     /// The last full pull of the fleet (unix time): the full_resync schedule survives hand-overs.
     full_at: u64,
-    /// This node pulled on its own during a fallback: the first full list read after it is
-    /// merged into what the node holds rather than replacing it.
-    fell_back: bool,
+    /// What this node holds is not what Redis holds (it kept a newer list it had, or merged
+    /// one): when it leads, it writes its whole list.
+    diverged: bool,
+    /// Consecutive failed Redis calls, and the time before which a follower asks nothing
+    /// more: errors back off exponentially, up to `interval`.
+    failures: u32,
+    quiet_until: Option<Instant>,
+    /// Consecutive refused writes of the whole list (e.g. Redis at maxmemory).
+    publish_failures: u32,
+    /// The fleet's settings differ from ours: what differs (None: they agree, or no list yet).
+    differs: Option<String>,
+    /// Since when nobody has held the lease while our settings differ from the fleet's.
+    unheld_since: Option<Instant>,
+    fingerprint: String,
+    /// The cap of every backoff here: `interval`, but at least PUBLISH_RETRY.
+    backoff_cap: Duration,
     shown: (Role, String),
 }
 
@@ -87,7 +100,48 @@ fn fleet_settings(s: &Settings) -> Option<FleetSettings> {
         window: Duration::from_secs(cfg.rate_limit.window_secs) + RATE_MARGIN,
         // rediss:// trusts what the feed trusts: the system's store plus ca_file.
         ca_file: cfg.ca_file.clone(),
+        max_entries: cfg.max_entries,
+        fingerprint: fingerprint(cfg),
     })
+}
+
+/// The settings that shape the shared list and the fleet's budget, one `name=value` a line:
+/// nodes that differ in one of them must not share a list. The key is never part of it, nor
+/// is any user-info of the URL.
+pub(super) fn fingerprint(cfg: &crate::config::Config) -> String {
+    let url = match cfg.url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (auth, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            format!("{scheme}://{}{path}", auth.rsplit_once('@').map_or(auth, |(_, h)| h))
+        }
+        None => cfg.url.clone(),
+    };
+    format!(
+        "url={url}\nset={}\napi_version={}\nrate_limit={}/{}\nttl={}\ninterval={}\nfull_resync={}",
+        cfg.set, cfg.api_version, cfg.rate_limit.max, cfg.rate_limit.window_secs, cfg.ttl, cfg.interval, cfg.full_resync
+    )
+}
+
+/// Which settings differ, as `name: ours here, theirs in the fleet`.
+fn differences(ours: &str, theirs: &str) -> String {
+    let theirs: Vec<(&str, &str)> = theirs.lines().filter_map(|l| l.split_once('=')).collect();
+    let mut out = Vec::new();
+    for (name, v) in ours.lines().filter_map(|l| l.split_once('=')) {
+        let t = theirs.iter().find(|(n, _)| *n == name).map_or("(unset)", |(_, t)| *t);
+        if t != v {
+            let t: String = t.chars().take(80).filter(|c| !c.is_control()).collect();
+            out.push(format!("{name} is {v} here, {t} in the fleet"));
+        }
+    }
+    if out.is_empty() {
+        out.push("the fleet's settings are in a form this node does not know".into());
+    }
+    out.join("; ")
+}
+
+/// The wait after `n` consecutive failures: `base` doubling, at most `cap`.
+fn exp_backoff(base: Duration, n: u32, cap: Duration) -> Duration {
+    base.saturating_mul(1u32 << n.saturating_sub(1).min(20)).min(cap)
 }
 
 /// How long from `now` until `period` after `at`, a unix time another node wrote into Redis:
@@ -125,6 +179,7 @@ fn install_stop_handler() {
 impl FleetNode {
     pub(super) fn new(s: &Settings) -> Option<FleetNode> {
         let fs = fleet_settings(s)?;
+        let fingerprint = fs.fingerprint.clone();
         install_stop_handler();
         log_info!("fleet mode: node '{}' in fleet '{}' at {}, lease {} s", fs.node_id, fs.prefix, fs.target, fs.leader_ttl.as_secs());
         let fallback = Some(Duration::from_secs(s.cfg.fleet_fallback)).filter(|d| !d.is_zero());
@@ -137,7 +192,14 @@ impl FleetNode {
             dirty: false,
             retry_publish: None,
             full_at: 0,
-            fell_back: false,
+            diverged: false,
+            failures: 0,
+            quiet_until: None,
+            publish_failures: 0,
+            differs: None,
+            unheld_since: None,
+            fingerprint,
+            backoff_cap: Duration::from_secs(s.cfg.interval).max(PUBLISH_RETRY),
             shown: (Role::Follower, String::new()),
         })
     }
@@ -162,7 +224,7 @@ impl Refresher<'_> {
         }
         if f.role == Role::Leader {
             self.fleet_lead(&mut f);
-        } else {
+        } else if f.quiet_until.is_none_or(|t| Instant::now() >= t) {
             self.fleet_follow(&mut f);
         }
         self.fleet_stats(&mut f);
@@ -190,6 +252,13 @@ impl Refresher<'_> {
         match f.client.poll() {
             Ok(p) => {
                 self.fleet_ok(f);
+                let meta = match &p {
+                    Poll::Update { meta, .. } | Poll::Same(meta) => Some(meta),
+                    Poll::Empty => None,
+                };
+                if !self.fleet_settings_agree(f, meta) {
+                    return self.fleet_settings_differ(f);
+                }
                 match p {
                     Poll::Update { meta, change } => self.fleet_apply(f, &meta, change),
                     // Nothing new: the leader's syncs still show (an alert on last_sync holds).
@@ -215,6 +284,64 @@ impl Refresher<'_> {
         }
     }
 
+    /// Whether the list in Redis was written with our settings (or there is none yet). Says
+    /// so, once, when that changes.
+    fn fleet_settings_agree(&mut self, f: &mut FleetNode, meta: Option<&Meta>) -> bool {
+        let differs = meta.filter(|m| m.settings != f.fingerprint).map(|m| (differences(&f.fingerprint, &m.settings), m.leader.clone()));
+        let c = self.m.stats.get();
+        match differs {
+            None => {
+                if f.differs.take().is_some() {
+                    // What was polled meanwhile was not applied: read the whole list next.
+                    f.client.forget_version();
+                    log_info!("fleet: this node's settings are the fleet's again: it follows");
+                    text!(c, state).put("ok");
+                }
+                f.unheld_since = None;
+                num!(c, settings_differ).store(0, Relaxed);
+                true
+            }
+            Some((what, by)) => {
+                if f.differs.as_deref() != Some(what.as_str()) {
+                    log_warn!(
+                        "fleet: the shared list (written by '{by}') was made with other settings: {what}; this node neither leads nor follows, and keeps its own table, until they agree"
+                    );
+                    text!(c, state).put(&format!("settings differ from the fleet's: {what}; neither leading nor following"));
+                    f.differs = Some(what);
+                }
+                num!(c, settings_differ).store(1, Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Our settings differ from the fleet's: no list taken, no lease sought, unless nobody has
+    /// held the lease for 2 × leader_ttl (the fleet that wrote the list is gone, or every node
+    /// now runs other settings): then this node may lead and write its own.
+    fn fleet_settings_differ(&mut self, f: &mut FleetNode) {
+        if f.role == Role::Fallback {
+            return;
+        }
+        let held = match f.client.lease_holder() {
+            Ok(h) => h.is_some(),
+            Err(e) => return self.fleet_error(f, e),
+        };
+        if held {
+            f.unheld_since = None;
+            return;
+        }
+        let since = *f.unheld_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < f.client.settings().leader_ttl * 2 {
+            return;
+        }
+        if let Ok(LeaseState::Leader { token, .. }) = f.client.lease() {
+            log_warn!("fleet: nobody has led the fleet for {} s: this node leads with its own settings and writes its list", since.elapsed().as_secs());
+            f.dirty = true;
+            f.unheld_since = None;
+            self.fleet_became_leader(f, token);
+        }
+    }
+
     fn fleet_became_leader(&mut self, f: &mut FleetNode, token: u64) {
         // Nothing is written to the list while we hold the lease: read what is there last.
         match f.client.poll() {
@@ -222,6 +349,8 @@ impl Refresher<'_> {
                 // A new fleet, or Redis restarted empty: write what we hold, if anything.
                 f.dirty = !self.master.is_empty() || self.last_id.is_some();
             }
+            // Another fleet's list (see fleet_settings_differ): ours replaces it.
+            Ok(Poll::Same(meta) | Poll::Update { meta, .. }) if meta.settings != f.fingerprint => f.dirty = true,
             Ok(Poll::Same(meta)) => self.fleet_adopt_schedule(f, &meta),
             Ok(Poll::Update { meta, change }) => {
                 self.fleet_apply(f, &meta, change);
@@ -229,6 +358,8 @@ impl Refresher<'_> {
             }
             Err(e) => return self.fleet_error(f, e),
         }
+        // We hold more than Redis does (a newer list kept, or merged): Redis gets all of it.
+        f.dirty |= f.diverged;
         // One budget for the fleet: the limiter counts what every leader sent.
         match f.client.history() {
             Ok(h) => self.limiter.adopt(Instant::now(), &h, f.client.settings().request_max),
@@ -281,10 +412,13 @@ impl Refresher<'_> {
         match change {
             Change::Full(list) => {
                 let list: HashMap<Key, u32> = list.into_iter().collect();
-                if f.fell_back && self.last_id.unwrap_or(0) > meta.last_id {
-                    // What we pulled alone is newer than the fleet's list: keep both.
+                if self.last_id.unwrap_or(0) > meta.last_id {
+                    // Older than what we hold (a node with an old snapshot wrote it after a
+                    // flush, or we pulled alone meanwhile): never go backwards, keep both.
                     added = merge(&mut self.master, list).0;
+                    f.diverged = true;
                 } else {
+                    f.diverged = false;
                     added = list.keys().filter(|k| !self.master.contains_key(k)).count();
                     removed = self.master.keys().filter(|k| !list.contains_key(k)).count();
                     self.master = list;
@@ -292,7 +426,6 @@ impl Refresher<'_> {
                         self.last_id = Some(meta.last_id);
                     }
                 }
-                f.fell_back = false;
             }
             Change::Delta { add, del } => {
                 for (k, t) in add {
@@ -302,7 +435,7 @@ impl Refresher<'_> {
                     removed += self.master.remove(&k).is_some() as usize;
                 }
                 if meta.last_id > START_ID {
-                    self.last_id = Some(meta.last_id);
+                    self.last_id = Some(meta.last_id.max(self.last_id.unwrap_or(0)));
                 }
             }
         }
@@ -396,16 +529,35 @@ impl Refresher<'_> {
         match f.client.publish(&self.master, changed, info) {
             Ok(v) => {
                 f.dirty = false;
+                f.diverged = false;
                 f.retry_publish = None;
+                f.publish_failures = 0;
                 num!(self.m.stats.get(), fleet_version).store(v, Relaxed);
             }
             Err(FleetError::LeaseLost) => self.fleet_lost(f),
             Err(e) => {
                 f.dirty = true;
-                f.retry_publish = Some(Instant::now() + PUBLISH_RETRY);
+                f.publish_failures += 1;
+                f.retry_publish = Some(Instant::now() + exp_backoff(PUBLISH_RETRY, f.publish_failures, f.backoff_cap));
                 self.fleet_error(f, e);
             }
         }
+    }
+
+    /// A leader's first full pull, mid-way: the whole of what it gathered so far goes to Redis
+    /// (with no last ID and no sync time: a node that takes over pulls in full at once), so the
+    /// followers block it too.
+    pub(super) fn fleet_progress(&mut self, held: &HashMap<Key, u32>) {
+        let Some(mut f) = self.fleet.take() else { return };
+        if f.role == Role::Leader {
+            let info = SyncInfo { last_id: self.last_id.unwrap_or(0), synced_at: 0, full_at: 0 };
+            match f.client.publish(held, None, info) {
+                Ok(v) => num!(self.m.stats.get(), fleet_version).store(v, Relaxed),
+                Err(FleetError::LeaseLost) => self.fleet_lost(&mut f),
+                Err(e) => self.fleet_error(&mut f, e),
+            }
+        }
+        self.fleet = Some(f);
     }
 
     /// A reload asked of a follower: it re-reads the whole list from Redis (the leader pulls
@@ -421,6 +573,8 @@ impl Refresher<'_> {
     }
 
     fn fleet_ok(&mut self, f: &mut FleetNode) {
+        f.failures = 0;
+        f.quiet_until = None;
         if let Some(since) = f.trouble_since.take() {
             log_info!("redis answers again after {} s", since.elapsed().as_secs());
             let c = self.m.stats.get();
@@ -437,6 +591,9 @@ impl Refresher<'_> {
             return self.fleet_lost(f);
         }
         let since = *f.trouble_since.get_or_insert_with(Instant::now);
+        // Not on every tick: a follower's next call waits, doubling, up to `interval`.
+        f.failures += 1;
+        f.quiet_until = Some(Instant::now() + exp_backoff(super::TICK, f.failures, f.backoff_cap));
         let text = crate::log::redact(&e.to_string());
         let c = self.m.stats.get();
         text!(c, last_error).put(&text);
@@ -454,7 +611,7 @@ impl Refresher<'_> {
                     since.elapsed().as_secs()
                 );
                 f.role = Role::Fallback;
-                f.fell_back = true;
+                f.diverged = true;
                 self.pull = None;
             }
         }
@@ -483,6 +640,29 @@ impl Refresher<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_that_differ_are_named_and_the_key_is_not_among_them() {
+        let mut a = crate::config::Config::default();
+        a.url = "https://user:pw@apiban.example/base".into();
+        a.apikey = Some("secret-key".into());
+        let fa = fingerprint(&a);
+        assert!(!fa.contains("pw") && !fa.contains("secret-key") && fa.contains("url=https://apiban.example/base"), "{fa}");
+        let mut b = a.clone();
+        b.rate_limit.max = 5;
+        b.ttl = 60;
+        let d = differences(&fingerprint(&b), &fa);
+        assert_eq!(d, "rate_limit is 5/120 here, 11/120 in the fleet; ttl is 60 here, 604800 in the fleet");
+        assert_eq!(fingerprint(&a), fa, "stable");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let cap = Duration::from_secs(5);
+        let b = |n| exp_backoff(Duration::from_millis(200), n, cap);
+        assert_eq!((b(1), b(2), b(3)), (Duration::from_millis(200), Duration::from_millis(400), Duration::from_millis(800)));
+        assert_eq!((b(6), b(1000)), (cap, cap));
+    }
 
     #[test]
     fn times_from_redis_are_clamped() {
