@@ -386,10 +386,9 @@ class TestMixedFleet(FleetCase):
 
     @classmethod
     def setUpClass(cls):
-        if not osips.HAVE_TREE:
-            print(f"SKIPPED: no OpenSIPS tree at {osips.OPENSIPS_SRC}")
-            raise unittest.SkipTest("no OpenSIPS tree")
-        osips.setUpModule()  # builds the OpenSIPS flavour of the module into target/opensips
+        # Builds the OpenSIPS flavour of the module into target/opensips; without a tree it skips
+        # the class (or fails, under APIBAN_REQUIRE_OPENSIPS=1), saying so in unittest's report.
+        osips.setUpModule()
 
     def opensips_node(self, feed, redis_url, name):
         d = os.path.join(self.tmp.path, name)

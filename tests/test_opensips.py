@@ -2,8 +2,11 @@
 SIP OPTIONS from loopback sources, MI over the FIFO and through opensips-cli, and statistics.
 
 The OpenSIPS tree is taken from OPENSIPS_SRC (default /usr/local/src/opensips): a configured,
-built source tree with its `opensips` binary and modules/{sl,signaling,mi_fifo}/*.so. Without
-one this file prints a single `SKIPPED: no OpenSIPS tree at ...` line and runs nothing.
+built source tree with its `opensips` binary and modules/{sl,signaling,mi_fifo}/*.so, as
+scripts/build-opensips.sh makes it (`eval "$(bash scripts/build-opensips.sh --env)"`). Without one
+this file runs nothing: setUpModule skips it, and unittest's report says so in one line (nothing is
+printed when another file imports this one). With APIBAN_REQUIRE_OPENSIPS=1 (scripts/test.sh sets it
+when it has a tree) setUpModule fails instead.
 
 The test builds the OpenSIPS flavour of the module itself, into target/opensips (never over the
 Kamailio build in target/release). Every server gets its own temp dir and ports, and every
@@ -37,11 +40,8 @@ TREE_MODULES = ("sl", "signaling", "mi_fifo")
 LISTED = ["127.0.0.66", "127.0.0.67", "2001:db8::66"]
 CLEAN = "127.0.0.5"
 KEY = "k-osips-0123456789"
-
-
-def load_tests(loader, standard_tests, pattern):
-    """unittest's hook: nothing to run without a tree (the SKIPPED line says so)."""
-    return standard_tests if HAVE_TREE else unittest.TestSuite()
+REQUIRED = os.environ.get("APIBAN_REQUIRE_OPENSIPS") == "1"
+NO_TREE = f"no OpenSIPS tree at {OPENSIPS_SRC} (OPENSIPS_SRC; scripts/build-opensips.sh builds one)"
 
 
 def find_cargo():
@@ -54,7 +54,9 @@ def find_cargo():
 def setUpModule():
     """Builds the OpenSIPS flavour of the module once for the whole file."""
     if not HAVE_TREE:
-        raise unittest.SkipTest(f"no OpenSIPS tree at {OPENSIPS_SRC}")
+        if REQUIRED:
+            raise AssertionError(f"{NO_TREE}, and APIBAN_REQUIRE_OPENSIPS=1")
+        raise unittest.SkipTest(NO_TREE)
     env = dict(os.environ, OPENSIPS_SRC=OPENSIPS_SRC, CARGO_TARGET_DIR=TARGET_DIR)
     env.pop("CARGO_BUILD_TARGET_DIR", None)
     args = [find_cargo(), "build", "--release", "--locked", "--no-default-features", "--features", "opensips"]
@@ -367,6 +369,8 @@ class EndToEnd(OpenSIPSCase):
     def test_opensips_cli(self):
         cli = opensips_cli_command()
         if cli is None:
+            if REQUIRED:
+                self.fail("opensips-cli is not installed (scripts/test.sh puts it in target/pylib)")
             self.skipTest("opensips-cli is not installed")
         base = [*cli, "-o", "communication_type=fifo", "-o", f"fifo_file={self.osips.fifo}",
                 "-o", f"fifo_reply_dir={self.osips.tmp}", "-o", "output_type=pretty-print", "-x", "mi"]
@@ -457,9 +461,4 @@ class BadParameters(OpenSIPSCase):
 
 
 if __name__ == "__main__":
-    if not HAVE_TREE:
-        print(f"SKIPPED: no OpenSIPS tree at {OPENSIPS_SRC}", flush=True)
-        sys.exit(0)
     unittest.main(verbosity=2)
-elif not HAVE_TREE:
-    print(f"SKIPPED: no OpenSIPS tree at {OPENSIPS_SRC}", flush=True)
