@@ -126,15 +126,15 @@ class RedisServer:
 class RedisSentinel:
     """One redis-sentinel watching `master_port` under `name`, quick to decide (tests only)."""
 
-    def __init__(self, tmp, master_port, name="apiban-master", password=None, port=None, down_after_ms=1000):
+    def __init__(self, tmp, master_port, name="apiban-master", password=None, port=None, down_after_ms=1000, tls=None):
         self.port = port or free_port()
         self.name = name
+        self.tls = tls  # (ca, cert, key): TLS to its clients and to the master, or None
         self.dir = os.path.join(tmp, f"sentinel-{self.port}")
         os.makedirs(self.dir, exist_ok=True)
         # Sentinel rewrites its config file as the topology changes: it must be its own.
         self.conf = os.path.join(self.dir, "sentinel.conf")
         lines = [
-            f"port {self.port}",
             "bind 127.0.0.1",
             f"dir {self.dir}",
             "daemonize no",
@@ -147,6 +147,12 @@ class RedisSentinel:
         ]
         if password:
             lines.append(f"sentinel auth-pass {name} {password}")
+        if tls:
+            ca, cert, key = tls
+            lines += ["port 0", f"tls-port {self.port}", f"tls-cert-file {cert}", f"tls-key-file {key}",
+                      f"tls-ca-cert-file {ca}", "tls-auth-clients no", "tls-replication yes"]
+        else:
+            lines.append(f"port {self.port}")
         write_text(self.conf, "\n".join(lines) + "\n")
         self.proc = None
 
@@ -158,18 +164,44 @@ class RedisSentinel:
             raise AssertionError("redis-sentinel exited:\n" + self.proc.output()[-2000:])
         return self
 
+    def cli(self, *args):
+        cmd = [REDIS_CLI, "-h", "127.0.0.1", "-p", str(self.port)]
+        if self.tls:
+            cmd += ["--tls", "--cacert", self.tls[0]]
+        return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=3)
+
     def master_port(self):
         try:
-            r = subprocess.run([REDIS_CLI, "-h", "127.0.0.1", "-p", str(self.port), "SENTINEL",
-                                "get-master-addr-by-name", self.name], capture_output=True, text=True, timeout=3)
+            r = self.cli("SENTINEL", "get-master-addr-by-name", self.name)
         except subprocess.TimeoutExpired:
             return None
         lines = r.stdout.split()
         return int(lines[1]) if r.returncode == 0 and len(lines) == 2 else None
 
-    def url(self, password=None, db=0):
+    def known(self):
+        """(other sentinels, replicas) this sentinel knows of for its master; (0, 0) when it does
+        not answer."""
+        try:
+            r = self.cli("SENTINEL", "master", self.name)
+        except subprocess.TimeoutExpired:
+            return 0, 0
+        kv = r.stdout.split()
+        fields = dict(zip(kv[::2], kv[1::2])) if r.returncode == 0 else {}
+        return int(fields.get("num-other-sentinels", 0)), int(fields.get("num-slaves", 0))
+
+    def url(self, password=None, db=0, others=()):
+        """The URL naming this sentinel, then `others` (more RedisSentinels of the same master)."""
         creds = f":{password}@" if password else ""
-        return f"redis+sentinel://{creds}127.0.0.1:{self.port}/{self.name}/{db}"
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in (self, *others))
+        return f"redis{'s' if self.tls else ''}+sentinel://{creds}{hosts}/{self.name}/{db}"
+
+    def pause(self):
+        """SIGSTOP: the sentinel answers nothing, but its kernel still accepts connections."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self):
+        if self.proc and self.proc.alive():
+            os.kill(self.proc.pid, signal.SIGCONT)
 
     def stop(self):
         if self.proc:

@@ -323,6 +323,21 @@ class TestFleet(FleetCase):
         wait_until(lambda: "UnknownIssuer" in untrusted.stats()["last_error"], timeout=10, what="a TLS error")
         self.assertEqual(untrusted.stats()["entries"], 0)
 
+    def test_sentinel_over_tls(self):
+        """rediss+sentinel://: TLS to the sentinel and to the master it names, trusting ca_file."""
+        ca, cert, key = make_test_ca(os.path.join(self.tmp.path, "tls"))
+        master = self.redis(name="master", tls=(ca, cert, key), password="tls-sentinel-pw")
+        sentinel = RedisSentinel(self.tmp.path, master.port, tls=(ca, cert, key), password="tls-sentinel-pw").start()
+        self.addCleanup(sentinel.stop)
+        feed = self.feed()
+        url = sentinel.url(password="tls-sentinel-pw")
+        self.assertTrue(url.startswith("rediss+sentinel://"))
+        nodes = self.nodes(feed, url, ["node-a", "node-b"], modparams=[("ca_file", f'"{ca}"')])
+        self.wait_fleet(nodes)
+        self.assert_blocking(nodes)
+        self.assertEqual(master.cli("HGET", "apiban:meta", "entries"), str(TOTAL))
+        self.assertNotIn("tls-sentinel-pw", nodes[0].log())
+
     def test_redis_on_a_unix_socket(self):
         r = self.redis(unix=True, password="sock-pass-3")
         feed = self.feed()
@@ -350,6 +365,41 @@ class TestFleet(FleetCase):
         self.wait_fleet(nodes, entries=TOTAL + 1)
         self.assertEqual(replica.cli("HGET", "apiban:meta", "entries"), str(TOTAL + 1))
         self.assertGreater(sum(n.stats()["redis_errors"] for n in nodes), 0)
+        self.assert_never_over_rate(feed, nodes)
+
+    def test_a_stopped_sentinel_does_not_stall_the_fail_over(self):
+        """Issue 15: every Sentinel call has a timeout. Three sentinels (two of three must be up to
+        elect the one that fails over), the first one listed stopped with SIGSTOP: its kernel
+        still accepts, so only a read timeout gets past it."""
+        master = self.redis(name="master")
+        replica = self.redis(name="replica", replica_of=master.port)
+        sentinels = [RedisSentinel(self.tmp.path, master.port) for _ in range(3)]
+        for s in sentinels:
+            s.start()
+            self.addCleanup(s.stop)
+        # Run before stop (cleanups run last first): a stopped sentinel ignores SIGTERM.
+        self.addCleanup(sentinels[0].resume)
+        feed = self.feed()
+        nodes = self.nodes(feed, sentinels[0].url(others=sentinels[1:]), ["node-a", "node-b", "node-c"])
+        self.wait_fleet(nodes)
+        wait_until(lambda: all(s.known() == (2, 1) for s in sentinels), timeout=20, step=0.2,
+                   what="each sentinel to know the two others and the replica")
+        wait_until(lambda: replica.cli("HGET", "apiban:meta", "entries") == str(TOTAL), timeout=10,
+                   what="the replica to hold the list")
+        sentinels[0].pause()
+        killed = time.monotonic()
+        master.kill()
+        wait_until(lambda: sentinels[1].master_port() == replica.port, timeout=30, step=0.2, what="the fail-over")
+        failed_over = time.monotonic()
+        feed.add(["127.0.0.88"])
+        added = time.monotonic()
+        wait_until(lambda: all(n.options("127.0.0.88") == 403 for n in nodes), timeout=15, step=0.1,
+                   what="every node to refuse 127.0.0.88")
+        done = time.monotonic()
+        print(f"\n  fail-over {failed_over - killed:.1f} s after the kill; 127.0.0.88 refused by every node "
+              f"{done - added:.1f} s after it was listed", flush=True)
+        self.wait_fleet(nodes, entries=TOTAL + 1)
+        self.assertEqual(replica.cli("HGET", "apiban:meta", "entries"), str(TOTAL + 1))
         self.assert_never_over_rate(feed, nodes)
 
 

@@ -17,6 +17,7 @@
 pub mod layout;
 #[cfg(test)]
 mod redis_tests;
+mod sentinel;
 pub mod target;
 
 use crate::addr::Key;
@@ -152,7 +153,7 @@ struct Lease {
 
 enum Connector {
     Direct(Box<Client>),
-    Sentinel(Box<redis::sentinel::SentinelClient>),
+    Sentinel(Box<sentinel::Sentinels>),
 }
 
 struct Scripts {
@@ -212,53 +213,41 @@ fn redis_info(t: &RedisTarget) -> RedisConnectionInfo {
     r
 }
 
+/// A client for one TCP address, in TLS when `tls` (trusting `certs` when given, else the
+/// system's store).
+fn tcp_client(host: &str, port: u16, tls: bool, certs: &Option<Vec<u8>>, info: RedisConnectionInfo) -> redis::RedisResult<Client> {
+    let addr = if tls {
+        ConnectionAddr::TcpTls { host: host.to_string(), port, insecure: false, tls_params: None }
+    } else {
+        ConnectionAddr::Tcp(host.to_string(), port)
+    };
+    let info = addr.into_connection_info()?.set_redis_settings(info);
+    match certs {
+        Some(c) if tls => Client::build_with_tls(info, redis::TlsCertificates { client_tls: None, root_cert: Some(c.clone()) }),
+        _ => Client::open(info),
+    }
+}
+
+/// A connection within `timeout`, whose every later read and write also times out after it.
+fn open(client: &Client, timeout: Duration, password: Option<&str>) -> Result<Connection, FleetError> {
+    let c = client.get_connection_with_timeout(timeout).map_err(|e| classify(&e, password))?;
+    c.set_read_timeout(Some(timeout)).and_then(|_| c.set_write_timeout(Some(timeout))).map_err(|e| classify(&e, password))?;
+    Ok(c)
+}
+
 fn connector(s: &FleetSettings) -> Result<Connector, FleetError> {
     let t = &s.target;
     let certs = roots(&s.ca_file).map_err(FleetError::Unavailable)?;
-    let tls_certs = || redis::TlsCertificates { client_tls: None, root_cert: certs.clone() };
     let bad = |e: redis::RedisError| FleetError::Unavailable(format!("cannot use {t}: {}", e.category()));
     match &t.endpoint {
-        Endpoint::Tcp { host, port } => {
-            let addr = if t.tls {
-                ConnectionAddr::TcpTls { host: host.clone(), port: *port, insecure: false, tls_params: None }
-            } else {
-                ConnectionAddr::Tcp(host.clone(), *port)
-            };
-            let info = addr.into_connection_info().map_err(bad)?.set_redis_settings(redis_info(t));
-            let client = match (&certs, t.tls) {
-                (Some(_), true) => Client::build_with_tls(info, tls_certs()),
-                _ => Client::open(info),
-            };
-            client.map(|c| Connector::Direct(Box::new(c))).map_err(bad)
-        }
+        Endpoint::Tcp { host, port } => tcp_client(host, *port, t.tls, &certs, redis_info(t)).map(|c| Connector::Direct(Box::new(c))).map_err(bad),
         Endpoint::Unix(p) => {
             let info = ConnectionAddr::Unix(p.clone()).into_connection_info().map_err(bad)?.set_redis_settings(redis_info(t));
             Client::open(info).map(|c| Connector::Direct(Box::new(c))).map_err(bad)
         }
-        Endpoint::Sentinel { nodes, master } => {
-            use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
-            let addrs = nodes.iter().map(|(h, p)| {
-                if t.tls {
-                    ConnectionAddr::TcpTls { host: h.clone(), port: *p, insecure: false, tls_params: None }
-                } else {
-                    ConnectionAddr::Tcp(h.clone(), *p)
-                }
-            });
-            let mut b = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master).map_err(bad)?.set_client_to_redis_db(t.db);
-            if let Some(u) = &t.username {
-                b = b.set_client_to_redis_username(u);
-            }
-            if let Some(p) = &t.password {
-                b = b.set_client_to_redis_password(p);
-            }
-            if t.tls {
-                b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure).set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
-                if certs.is_some() {
-                    b = b.set_client_to_redis_certificates(tls_certs()).set_client_to_sentinel_certificates(tls_certs());
-                }
-            }
-            b.build().map(|c| Connector::Sentinel(Box::new(c))).map_err(bad)
-        }
+        Endpoint::Sentinel { nodes, master } => sentinel::Sentinels::new(nodes, master, t.tls, certs, redis_info(t), t.password.clone())
+            .map(|c| Connector::Sentinel(Box::new(c)))
+            .map_err(bad),
     }
 }
 
@@ -288,7 +277,7 @@ fn classify(e: &redis::RedisError, password: Option<&str>) -> FleetError {
         _ if text.contains("unauthenticated") => FleetError::Auth(text),
         (_, "WRONGTYPE") | (K::Parse | K::UnexpectedReturnType, _) => FleetError::Garbage(text),
         (_, "READONLY" | "LOADING" | "MASTERDOWN") => FleetError::Unavailable(text),
-        (K::Io | K::MasterNameNotFoundBySentinel | K::EmptySentinelList | K::InvalidClientConfig, _) => FleetError::Unavailable(text),
+        (K::Io | K::InvalidClientConfig, _) => FleetError::Unavailable(text),
         _ if e.is_connection_dropped() || e.is_connection_refusal() => FleetError::Unavailable(text),
         _ => FleetError::Server(text),
     }
@@ -373,12 +362,10 @@ impl Fleet {
     fn connect(&mut self) -> Result<(), FleetError> {
         let password = self.s.target.password.clone();
         let timeout = self.s.timeout;
-        let client = match self.connector.as_mut().map_err(|e| e.clone())? {
-            Connector::Direct(c) => (**c).clone(),
-            Connector::Sentinel(s) => s.get_client().map_err(|e| classify(&e, password.as_deref()))?,
+        let c = match self.connector.as_mut().map_err(|e| e.clone())? {
+            Connector::Direct(c) => open(c, timeout, password.as_deref())?,
+            Connector::Sentinel(s) => s.connect(timeout)?,
         };
-        let c = client.get_connection_with_timeout(timeout).map_err(|e| classify(&e, password.as_deref()))?;
-        c.set_read_timeout(Some(timeout)).and_then(|_| c.set_write_timeout(Some(timeout))).map_err(|e| classify(&e, password.as_deref()))?;
         self.conn = Some(c);
         Ok(())
     }

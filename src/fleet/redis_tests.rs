@@ -21,26 +21,38 @@ impl Drop for Server {
     }
 }
 
-fn server(extra: &[&str]) -> Server {
-    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port();
-    let dir = std::env::temp_dir().join(format!("apiban-redis-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a temp dir for redis");
-    let mut args = vec!["--port".to_string(), port.to_string(), "--bind".into(), "127.0.0.1".into(), "--save".into(), "".into()];
-    args.extend(["--appendonly", "no", "--dir"].map(String::from));
-    args.push(dir.to_str().expect("a UTF-8 temp dir").to_string());
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let child = match Command::new("redis-server").args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
-        Ok(c) => c,
-        Err(e) => panic!("cannot start redis-server ({e}): scripts/setup-debian.sh installs it, and these tests need it"),
-    };
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `bin` (redis-server or redis-sentinel) on `port` with `args` and waits until it
+/// listens; None when there is no such program.
+fn start(bin: &str, args: &[String], port: u16, dir: PathBuf) -> Option<Server> {
+    let child = Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
     let s = Server { child, port, dir };
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return s;
+            return Some(s);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("redis-server did not listen on {port}");
+    panic!("{bin} did not listen on {port}");
+}
+
+/// A redis-server these tests cannot do without: no program is a failure, not a skip.
+fn server(extra: &[&str]) -> Server {
+    redis_server(extra).expect("cannot start redis-server: scripts/setup-debian.sh installs it, and these tests need it")
+}
+
+fn redis_server(extra: &[&str]) -> Option<Server> {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("apiban-redis-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let mut args = vec!["--port".to_string(), port.to_string(), "--bind".into(), "127.0.0.1".into(), "--save".into(), "".into()];
+    args.extend(["--appendonly", "no", "--dir"].map(String::from));
+    args.push(dir.to_str()?.to_string());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    start("redis-server", &args, port, dir)
 }
 
 fn settings(port: u16, node: &str, password: Option<&str>) -> FleetSettings {
@@ -392,4 +404,97 @@ fn reads_are_bounded_and_a_refused_full_write_leaves_nothing_behind() {
     redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).exec(&mut r).unwrap();
     let staged: Vec<String> = redis::cmd("KEYS").arg("t:staging:*").query(&mut r).unwrap();
     assert!(staged.is_empty(), "{staged:?}");
+}
+
+/// A redis-server these tests cannot do without: no program is a failure, not a skip.
+fn must_server(extra: &[&str]) -> Server {
+    server(extra)
+}
+
+/// A redis-sentinel of its own (it rewrites its config file) that says `port` is the master
+/// `name`, with quorum 1; missing, the test fails.
+fn must_sentinel(name: &str, master_port: u16) -> Server {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("apiban-sentinel-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("sentinel.conf");
+    let text = format!("port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {name} 127.0.0.1 {master_port} 1\n", dir.display());
+    std::fs::write(&conf, text).unwrap();
+    start("redis-sentinel", &[conf.to_str().unwrap().to_string()], port, dir).expect("no redis-sentinel: scripts/setup-debian.sh installs it")
+}
+
+fn signal(s: &Server, sig: libc::c_int) {
+    // SAFETY: kill(2) on the PID of a child we started and have not reaped.
+    assert_eq!(unsafe { libc::kill(s.child.id() as libc::pid_t, sig) }, 0);
+}
+
+fn sentinel_settings(sentinels: &[&Server], node: &str, timeout: Duration) -> FleetSettings {
+    let hosts: Vec<String> = sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+    let mut s = settings(1, node, None);
+    s.target = RedisTarget::parse(&format!("redis+sentinel://{}/m", hosts.join(","))).unwrap();
+    s.timeout = timeout;
+    s
+}
+
+fn sentinel_order(f: &Fleet) -> Vec<u16> {
+    match &f.connector {
+        Ok(Connector::Sentinel(s)) => s.order(),
+        _ => panic!("not a sentinel target"),
+    }
+}
+
+#[test]
+fn a_stopped_sentinel_costs_one_timeout_once() {
+    let master = must_server(&[]);
+    let (s1, s2) = (must_sentinel("m", master.port), must_sentinel("m", master.port));
+    // Stopped, its kernel still accepts connections: only a read timeout gets past it.
+    signal(&s1, libc::SIGSTOP);
+    let timeout = Duration::from_millis(500);
+    let mut a = Fleet::new(sentinel_settings(&[&s1, &s2], "node-a", timeout));
+    let t = Instant::now();
+    // Taking the lease writes: it reached the master, not a replica.
+    let r = a.lease();
+    let took = t.elapsed();
+    signal(&s1, libc::SIGCONT);
+    assert_eq!(r.unwrap(), LeaseState::Leader { token: 1, taken: true });
+    assert!(took < timeout * 2, "discovery took {took:?} with a timeout of {timeout:?}");
+    assert!(took >= timeout, "{took:?}: was the first sentinel really asked?");
+    // The sentinel that answered is asked first from now on.
+    assert_eq!(sentinel_order(&a), vec![s2.port, s1.port]);
+    signal(&s1, libc::SIGSTOP);
+    a.conn = None;
+    let t = Instant::now();
+    let r = a.poll();
+    let took = t.elapsed();
+    signal(&s1, libc::SIGCONT);
+    assert_eq!(r.unwrap(), Poll::Empty);
+    assert!(took < timeout / 2, "the reconnect took {took:?}");
+}
+
+#[test]
+fn a_sentinel_naming_a_replica_is_passed_over() {
+    let master = must_server(&[]);
+    let replica = must_server(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+    // One sentinel that has not seen a fail-over: the master it names is a replica now.
+    let (stale, good) = (must_sentinel("m", replica.port), must_sentinel("m", master.port));
+    let timeout = Duration::from_secs(1);
+    let mut alone = Fleet::new(sentinel_settings(&[&stale], "node-a", timeout));
+    let e = alone.lease().unwrap_err();
+    assert!(matches!(&e, FleetError::Unavailable(t) if t.contains(&format!("names 127.0.0.1:{}", replica.port)) && t.contains("not master")), "{e:?}");
+    let mut a = Fleet::new(sentinel_settings(&[&stale, &good], "node-a", timeout));
+    assert_eq!(a.lease().unwrap(), LeaseState::Leader { token: 1, taken: true });
+    assert_eq!(sentinel_order(&a), vec![good.port, stale.port]);
+}
+
+#[test]
+fn sentinel_errors_never_show_the_password() {
+    let master = must_server(&["--requirepass", "right-one"]);
+    let s = must_sentinel("m", master.port);
+    let mut set = sentinel_settings(&[&s], "node-a", Duration::from_secs(1));
+    set.target = RedisTarget::parse(&format!("redis+sentinel://:wrong-one@127.0.0.1:{}/m", s.port)).unwrap();
+    let e = Fleet::new(set.clone()).lease().unwrap_err();
+    assert!(matches!(e, FleetError::Auth(_)), "{e:?}");
+    assert!(!e.to_string().contains("wrong-one"), "{e}");
+    set.target.password = Some("right-one".into());
+    assert!(matches!(Fleet::new(set).lease().unwrap(), LeaseState::Leader { .. }));
 }
