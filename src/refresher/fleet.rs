@@ -643,9 +643,11 @@ mod tests {
 
     #[test]
     fn settings_that_differ_are_named_and_the_key_is_not_among_them() {
-        let mut a = crate::config::Config::default();
-        a.url = "https://user:pw@apiban.example/base".into();
-        a.apikey = Some("secret-key".into());
+        let a = crate::config::Config {
+            url: "https://user:pw@apiban.example/base".into(),
+            apikey: Some("secret-key".into()),
+            ..Default::default()
+        };
         let fa = fingerprint(&a);
         assert!(!fa.contains("pw") && !fa.contains("secret-key") && fa.contains("url=https://apiban.example/base"), "{fa}");
         let mut b = a.clone();
