@@ -78,7 +78,7 @@ class Fleet:
             "APIBAN_NODE_ID": f'"{name}"',
             "APIBAN_INTERVAL": "1",
             "APIBAN_RATE_LIMIT": '"1000/1"',
-        }, modparams=[("max_entries", self.n + 100_000), ("timeout", 30), ("leader_ttl", '"10"')])
+        }, modparams=[("max_entries", self.n + 100_000), ("timeout", 30), ("leader_ttl", '"90"')])
         k.name = name
         self.nodes.append(k)
         return k.start()

@@ -310,6 +310,14 @@ impl Config {
             let host = host_name().ok_or_else(|| err("node_id", "not set and the host name cannot be read: set node_id".into()))?;
             self.node_id = Some(fleet_name("node_id", &host).map_err(|e| format!("{e} (the host name): set node_id"))?);
         }
+        // A request lasts at most 2 × timeout and each Redis call at most timeout: a shorter
+        // lease could lapse while its holder is still inside a request it was right to send.
+        if self.leader_ttl < 3 * self.timeout {
+            return Err(err(
+                "leader_ttl",
+                format!("{} s is shorter than 3 × timeout ({} s): a lease must outlast a request and a Redis call", self.leader_ttl, 3 * self.timeout),
+            ));
+        }
         if self.fleet_fallback != 0 && self.fleet_fallback < self.leader_ttl {
             return Err(err(
                 "fleet_fallback",
@@ -420,6 +428,7 @@ mod tests {
             ("redis_prefix", "pop1:apiban"),
             ("node_id", "proxy-a"),
             ("leader_ttl", "3"),
+            ("timeout", "1"),
             ("fleet_fallback", "0"),
         ])
         .unwrap()
@@ -452,6 +461,11 @@ mod tests {
             .finish(None)
             .unwrap_err();
         assert!(e.contains("'fleet_fallback'"), "{e}");
+        let e = set(&[("apikey", "k1234"), ("redis_url", "redis://h"), ("leader_ttl", "20"), ("timeout", "10")])
+            .unwrap()
+            .finish(None)
+            .unwrap_err();
+        assert!(e.contains("'leader_ttl'") && e.contains("3 × timeout (30 s)"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,8 @@ use crate::addr::Key;
 use crate::log::{log_info, log_warn};
 use serde_json::Value;
 use std::io::Read;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The ID that starts a full pull, as the official clients send it.
@@ -177,6 +179,27 @@ pub struct Feed {
     version: ApiVersion,
     set: String,
     max_body: usize,
+    /// Where the next connection goes ("host:port" of the feed, or of the proxy), and what
+    /// `resolve` found for it: ureq's own lookup has no deadline, so a fleet's leader resolves
+    /// before it checks its lease, and the request then connects without a lookup.
+    netloc: String,
+    resolved: Arc<Mutex<Option<Vec<SocketAddr>>>>,
+}
+
+/// "host:port" of a URL, the port defaulting to the scheme's.
+fn netloc_of(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let auth = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
+    let has_port = match host.rfind(']') {
+        Some(i) => host[i..].contains(':'),
+        None => host.contains(':'),
+    };
+    if has_port {
+        host.to_string()
+    } else {
+        format!("{host}:{}", if scheme == "https" { 443 } else { 80 })
+    }
 }
 
 /// Largest reply accepted: a batch of 250 is ~5 KB; this leaves room for servers that send far
@@ -197,8 +220,22 @@ impl Feed {
         if let Some(tls) = &net.tls {
             builder = builder.tls_config(tls.clone());
         }
+        let resolved: Arc<Mutex<Option<Vec<SocketAddr>>>> = Arc::default();
+        let cache = resolved.clone();
+        builder = builder.resolver(move |netloc: &str| {
+            // What resolve() found, else the system's lookup as ureq would do it.
+            match cache.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                Some(addrs) => Ok(addrs),
+                None => netloc.to_socket_addrs().map(Iterator::collect),
+            }
+        });
         let (mut proxy_auth, mut via) = (None, None);
         let plain_proxy = net.proxy.is_some() && url.starts_with("http://");
+        let netloc = match &net.proxy {
+            Some(p) if p.host.contains(':') => format!("[{}]:{}", p.host, p.port),
+            Some(p) => format!("{}:{}", p.host, p.port),
+            None => netloc_of(url),
+        };
         if let Some(p) = &net.proxy {
             builder = builder.proxy(p.client());
             if plain_proxy {
@@ -216,7 +253,25 @@ impl Feed {
             version,
             set: set.to_string(),
             max_body: MAX_BODY,
+            netloc,
+            resolved,
         }
+    }
+
+    /// Looks up the host the next request connects to (the feed's, or the proxy's), so that
+    /// the request itself makes no lookup: a leader does this before it checks its lease,
+    /// since a lookup has no deadline. The answer is used until the next call.
+    pub fn resolve(&self) -> Result<(), FeedError> {
+        let addrs: Vec<SocketAddr> = self
+            .netloc
+            .to_socket_addrs()
+            .map_err(|e| self.no_reply(format!("cannot resolve {}: {}", self.netloc, io_text(&e))))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(self.no_reply(format!("cannot resolve {}: no address", self.netloc)));
+        }
+        *self.resolved.lock().unwrap_or_else(|e| e.into_inner()) = Some(addrs);
+        Ok(())
     }
 
     #[cfg(test)]
@@ -226,7 +281,15 @@ impl Feed {
     }
 
     /// Asks for the batch after `id` and classifies the reply.
+    #[cfg(test)]
     pub fn fetch(&self, id: u64) -> Result<Batch, FeedError> {
+        self.fetch_within(id, None)
+    }
+
+    /// Asks for the batch after `id` and classifies the reply; given up after `deadline` when
+    /// that is shorter than the client's own (2 × timeout): a leader's request never outlives
+    /// its lease.
+    pub fn fetch_within(&self, id: u64, deadline: Option<Duration>) -> Result<Batch, FeedError> {
         let req = match self.version {
             ApiVersion::V2 => self
                 .agent
@@ -237,6 +300,10 @@ impl Feed {
         };
         let req = match &self.proxy_auth {
             Some(auth) => req.set("Proxy-Authorization", auth),
+            None => req,
+        };
+        let req = match deadline {
+            Some(d) => req.timeout(d),
             None => req,
         };
         let result = match self.version {
@@ -442,6 +509,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn netlocs_take_the_schemes_port() {
+        assert_eq!(netloc_of("https://apiban.org"), "apiban.org:443");
+        assert_eq!(netloc_of("http://127.0.0.1:8080/x"), "127.0.0.1:8080");
+        assert_eq!(netloc_of("https://u:p@[::1]/api"), "[::1]:443");
+        assert_eq!(netloc_of("https://[::1]:8443"), "[::1]:8443");
+    }
+
+    #[test]
+    fn a_request_given_a_deadline_ends_by_it_and_resolving_is_apart() {
+        // A server that accepts and never answers: the request ends at its deadline, not at
+        // the client's 2 × timeout.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let f = Feed::new(&format!("http://127.0.0.1:{port}"), "K", ApiVersion::V2, "sip", Duration::from_secs(5), &Net::default());
+        f.resolve().unwrap();
+        let t = std::time::Instant::now();
+        assert!(f.fetch_within(START_ID, Some(Duration::from_millis(300))).is_err());
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(2), "{took:?}");
+        drop(l);
+        // A name that does not resolve fails in resolve(), before any request.
+        let bad = Feed::new("https://feed.invalid", "KEY-x9", ApiVersion::V2, "sip", Duration::from_secs(1), &Net::default());
+        let e = bad.resolve().unwrap_err().to_string();
+        assert!(e.contains("cannot resolve feed.invalid:443") && !e.contains("KEY-x9"), "{e}");
     }
 
     #[test]

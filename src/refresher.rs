@@ -250,12 +250,16 @@ impl<'l> Refresher<'l> {
 
     fn step(&mut self) {
         let Some(cursor) = self.pull.as_ref().map(|p| p.cursor) else { return };
-        let Some(name) = self.fleet_before_request() else { return };
+        // The lookup has no deadline: made before the lease is checked, not on its time.
+        if let Err(e) = self.feed.resolve() {
+            return self.failed(e, cursor);
+        }
+        let Some(reserved) = self.fleet_before_request() else { return };
         let c = self.m.stats.get();
         num!(c, requests).fetch_add(1, Relaxed);
-        let result = self.feed.fetch(cursor);
+        let result = self.feed.fetch_within(cursor, reserved.as_ref().map(|r| r.deadline));
         // Recorded once complete, failed or not: the feed may have counted it either way.
-        self.limiter.record(Instant::now(), name.as_deref());
+        self.limiter.record(Instant::now(), reserved.as_ref().map(|r| r.name.as_str()));
         self.fleet_after_request();
         if let Some(p) = self.pull.as_mut() {
             p.requests += 1;

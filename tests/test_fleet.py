@@ -421,7 +421,10 @@ class TestFleetParameters(FleetCase):
         # Checked together: a fallback shorter than the lease.
         together = ("fleet_fallback", '"10"', r"parameter 'fleet_fallback': 10 s is shorter than leader_ttl \(30 s\)",
                     [("redis_url", '"redis://127.0.0.1:9"'), ("leader_ttl", '"30"')])
-        for name, value, message, *extra in [*self.CASES, together]:
+        # A lease shorter than a request and a Redis call (3 × timeout).
+        short = ("leader_ttl", '"20"', r"parameter 'leader_ttl': 20 s is shorter than 3 × timeout \(30 s\)",
+                 [("redis_url", '"redis://127.0.0.1:9"'), ("timeout", "10")])
+        for name, value, message, *extra in [*self.CASES, together, short]:
             with self.subTest(name=name, value=value):
                 d = os.path.join(self.tmp.path, f"bad-{name}-{len(value)}")
                 kam = Kamailio(d, feed.url, key=KEY, modparams=[*(extra[0] if extra else []), (name, value)])

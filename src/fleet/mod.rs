@@ -295,6 +295,19 @@ fn new_epoch() -> String {
     format!("{x:016x}")
 }
 
+/// What a lease of `lease` surely still covers `rtt` after its renewal was sent: less a margin
+/// for two clocks that do not run at exactly the same rate (0.1 s and 1 %).
+fn covered(lease: Duration, rtt: Duration) -> Duration {
+    lease.saturating_sub(rtt).saturating_sub(Duration::from_millis(100) + lease / 100)
+}
+
+/// A request the lease covers: its name in the fleet's history, and how long it may last.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reserved {
+    pub name: String,
+    pub deadline: Duration,
+}
+
 fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
@@ -419,11 +432,12 @@ impl Fleet {
                 return Ok(LeaseState::Leader { token: l.token, taken: false });
             } else {
                 let (token, value) = (l.token, l.value.clone());
+                let sent = Instant::now();
                 let r: Value = self.run(|c, k, s| s.renew.key(&k.leader).arg(&value).arg(ttl).invoke(c))?;
                 return match r {
                     Value::Array(a) if matches!(a.first(), Some(Value::Int(1))) => {
                         if let Some(l) = self.lease.as_mut() {
-                            l.renewed = Instant::now();
+                            l.renewed = sent;
                         }
                         Ok(LeaseState::Leader { token, taken: false })
                     }
@@ -437,6 +451,7 @@ impl Fleet {
             }
         }
         let node = self.s.node_id.clone();
+        let sent = Instant::now();
         let r: Value = self.run(|c, k, s| s.take.key(&k.leader).key(&k.fence).arg(&node).arg(ttl).invoke(c))?;
         match r {
             Value::Array(a) if matches!(a.first(), Some(Value::Int(1))) => {
@@ -444,7 +459,7 @@ impl Fleet {
                     return Err(FleetError::Garbage(format!("{}: not a counter", self.keys.fence)));
                 };
                 let token = *token as u64;
-                self.lease = Some(Lease { token, value: format!("{node}:{token}"), renewed: Instant::now() });
+                self.lease = Some(Lease { token, value: format!("{node}:{token}"), renewed: sent });
                 self.holder = node;
                 Ok(LeaseState::Leader { token, taken: true })
             }
@@ -470,25 +485,38 @@ impl Fleet {
     }
 
     /// Right before an APIBAN request: is the lease still ours? If so it now covers the whole
-    /// request, and the request is in the fleet's history under the name returned.
-    /// `Err(LeaseLost)`: do not send.
-    pub fn before_request(&mut self) -> Result<String, FleetError> {
+    /// request, and the request is in the fleet's history under the name returned, with the
+    /// time the lease surely covers. `Err(LeaseLost)`: do not send; another error: Redis could
+    /// not confirm the lease for a whole request (too slow), do not send either.
+    pub fn before_request(&mut self) -> Result<Reserved, FleetError> {
         let Some(l) = &self.lease else { return Err(FleetError::LeaseLost) };
         self.requests += 1;
         let (value, member) = (l.value.clone(), self.request_name(l.token));
-        let lease_ms = ms(self.s.leader_ttl.max(self.s.request_max + Duration::from_secs(1)));
+        let lease = self.s.leader_ttl.max(self.s.request_max + Duration::from_secs(1));
         let (hold, keep) = (ms(self.s.request_max), ms(self.s.window) + ms(self.s.request_max));
-        let r: i64 = self
-            .run(|c, k, s| s.reserve.key(&k.leader).key(&k.requests).arg(&value).arg(lease_ms).arg(hold).arg(keep).arg(&member).invoke(c))?;
+        // Redis set the expiry somewhere between the send and the reply: counted from the send,
+        // the lease surely lasts `lease`.
+        let sent = Instant::now();
+        let r: i64 = self.run(|c, k, s| {
+            s.reserve.key(&k.leader).key(&k.requests).arg(&value).arg(ms(lease)).arg(hold).arg(keep).arg(&member).invoke(c)
+        })?;
         if r < 0 {
             self.lease = None;
             return Err(FleetError::LeaseLost);
         }
         if let Some(l) = self.lease.as_mut() {
-            // Renewed for lease_ms, which is at least leader_ttl.
-            l.renewed = Instant::now();
+            // Renewed for `lease`, which is at least leader_ttl.
+            l.renewed = sent;
         }
-        Ok(member)
+        let left = covered(lease, sent.elapsed());
+        if left < self.s.request_max {
+            return Err(FleetError::Unavailable(format!(
+                "redis took {} ms to confirm the lease: what is left of it ({} ms) would not cover a whole request; not sent",
+                sent.elapsed().as_millis(),
+                left.as_millis()
+            )));
+        }
+        Ok(Reserved { name: member, deadline: left.min(self.s.request_max) })
     }
 
     fn request_name(&self, token: u64) -> String {
@@ -887,5 +915,17 @@ mod tests {
         assert_eq!(f.poll().unwrap_err(), e);
         assert_eq!(f.errors(), 1);
         assert!(!e.to_string().contains("pw"));
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+
+    #[test]
+    fn the_time_a_lease_covers_leaves_out_the_round_trip_and_a_margin() {
+        let s = Duration::from_secs;
+        assert_eq!(covered(s(3), Duration::from_millis(400)), Duration::from_millis(2470));
+        assert_eq!(covered(s(3), s(5)), Duration::ZERO);
     }
 }

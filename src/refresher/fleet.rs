@@ -16,7 +16,7 @@ use crate::addr::Key;
 use crate::config::Settings;
 use crate::feed::START_ID;
 use crate::fleet::layout::Meta;
-use crate::fleet::{Change, Changed, Fleet, FleetError, FleetSettings, LeaseState, Poll, SyncInfo};
+use crate::fleet::{Change, Changed, Fleet, FleetError, FleetSettings, LeaseState, Poll, Reserved, SyncInfo};
 use crate::log::{log_info, log_warn};
 use crate::module::unix_now;
 use crate::stats::{num, text, Stats};
@@ -462,14 +462,15 @@ impl Refresher<'_> {
     }
 
     /// Before an APIBAN request. `None`: do not send (the lease is gone, or Redis cannot
-    /// confirm it); else the request's name in the fleet's history, if it has one there.
-    pub(super) fn fleet_before_request(&mut self) -> Option<Option<String>> {
+    /// confirm it for a whole request); else, for a leader, the request's name in the fleet's
+    /// history and the time its lease covers.
+    pub(super) fn fleet_before_request(&mut self) -> Option<Option<Reserved>> {
         let Some(mut f) = self.fleet.take() else { return Some(None) };
         let go = match f.role {
             Role::Fallback => Some(None),
             Role::Follower => None,
             Role::Leader => match f.client.before_request() {
-                Ok(name) => Some(Some(name)),
+                Ok(r) => Some(Some(r)),
                 Err(FleetError::LeaseLost) => {
                     self.fleet_lost(&mut f);
                     None
