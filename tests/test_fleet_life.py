@@ -84,16 +84,20 @@ class TestFleetLife(FleetCase):
         """Item 5: after a flush, a node with an old snapshot took the lease and wrote it, and
         the others replaced their newer tables with it."""
         r = self.redis()
-        feed = self.feed()
+        # No rate limit here: a FLUSHALL takes the fleet's request history with it, and a node
+        # that never sent those requests cannot know them (the budget is test_a_flush_mid_pull's).
+        feed = FakeApiban(key=KEY, ips=LISTED, count=GENERATED).start()
+        self.addCleanup(feed.stop)
         old = self.nodes(feed, r.url(), ["node-old"])[0]
         self.wait_fleet([old])
+        wait_until(lambda: old.stats()["syncs"] >= 1, timeout=10, what="node-old's pull to end")
         old.stop()  # its snapshot holds the list as it was then
         nodes = self.nodes(feed, r.url(), ["node-a", "node-b"])
         self.wait_fleet(nodes)
         feed.add(["127.0.0.90"])
         self.wait_refused(nodes, "127.0.0.90")
         # The feed fails from now on: the old node cannot catch up once it leads.
-        feed.set_fault("status", status=503)
+        feed.set_fault("status", code=503)
         for n in nodes:
             os.kill(n.proc.pid, signal.SIGSTOP)
         try:
