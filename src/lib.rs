@@ -8,10 +8,12 @@
 mod addr;
 mod allow;
 mod boundary;
+mod clock;
 mod config;
 mod feed;
 mod ffi;
 mod fleet;
+mod held;
 mod log;
 mod module;
 #[cfg(test)]
@@ -35,7 +37,7 @@ mod host;
 pub mod bench_api {
     pub use crate::addr::{parse_text, Key};
     pub use crate::feed::{parse_reply, Batch, START_ID};
-    pub use crate::module::split_live;
+    pub use crate::held::split_live;
     pub use crate::table::{Entries, Table};
 }
 

@@ -7,10 +7,12 @@
 use crate::addr::{self, Key};
 use crate::allow::AllowList;
 use crate::boundary::{apiban_stats, apiban_verdict, APIBAN_BAD_ADDRESS, APIBAN_LISTED, APIBAN_NOT_LISTED};
+use crate::clock::unix_now;
 use crate::config::{Config, Settings};
+use crate::held::split_live;
 use crate::log::{log_info, log_warn};
 use crate::snapshot::{self, Snapshot};
-use crate::stats::{num, Stats};
+use crate::stats::{num, text, Stats};
 use crate::table::Table;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
@@ -35,10 +37,6 @@ pub fn get() -> Option<&'static Module> {
 pub fn set_param(name: &str, value: &str) -> Result<(), String> {
     let mut p = PARAMS.lock().unwrap_or_else(|e| e.into_inner());
     p.get_or_insert_with(Config::default).set(name, value)
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn phys_mem() -> Option<u64> {
@@ -117,36 +115,10 @@ pub fn init() -> Result<(), String> {
         table.reserved_bytes() >> 20,
         allow.len()
     );
-    crate::refresher::fleet_init(&settings, &stats);
+    // The role until the refresher knows better: a fleet node starts by following.
+    text!(stats.get(), role).put(if settings.cfg.redis_url.is_some() { "follower" } else { "standalone" });
     let _ = MODULE.set(Module { settings, table, stats, allow, initial: Mutex::new(initial) });
     Ok(())
-}
-
-/// Entries still listed at `now`, as the table stores them (address, expiry), newest first
-/// when more than `max` must be cut.
-pub type LiveSets = (Vec<(u32, u32)>, Vec<(u128, u32)>);
-
-pub fn split_live(entries: &[(Key, u32)], ttl: u64, now: u64, max: usize) -> LiveSets {
-    let mut live: Vec<(Key, u32)> = entries
-        .iter()
-        .filter_map(|&(k, at)| {
-            let exp = (at as u64 + ttl).min(u32::MAX as u64);
-            (exp > now).then_some((k, exp as u32))
-        })
-        .collect();
-    if live.len() > max {
-        live.sort_unstable_by_key(|e| std::cmp::Reverse(e.1));
-        live.truncate(max);
-    }
-    let mut v4 = Vec::with_capacity(live.len());
-    let mut v6 = Vec::new();
-    for (k, exp) in live {
-        match k {
-            Key::V4(a) => v4.push((a, exp)),
-            Key::V6(a) => v6.push((a, exp)),
-        }
-    }
-    (v4, v6)
 }
 
 impl Module {
@@ -268,17 +240,3 @@ fn copy_text(dst: &mut [std::os::raw::c_char], s: &str) {
     dst[n] = 0;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn split_live_drops_expired_and_keeps_the_newest() {
-        let e = vec![(Key::V4(1), 100), (Key::V4(2), 200), (Key::V6(3), 300), (Key::V4(4), 10)];
-        let (v4, v6) = split_live(&e, 50, 120, 10);
-        assert_eq!(v4, vec![(1, 150), (2, 250)]);
-        assert_eq!(v6, vec![(3, 350)]);
-        let (v4, v6) = split_live(&e, 50, 120, 2);
-        assert_eq!((v4, v6), (vec![(2, 250)], vec![(3, 350)]));
-    }
-}

@@ -10,19 +10,19 @@
 //! In fleet mode (`redis_url`, see fleet.rs beside this file) only the node that holds the
 //! fleet's lease pulls; the others take the list from Redis.
 
-mod fleet;
 mod limiter;
-pub use fleet::fleet_init;
+mod roles;
 use limiter::RateLimiter;
 
 use crate::addr::Key;
 use crate::feed::{ApiVersion, Batch, Feed, FeedError, Net, START_ID};
 use crate::log::{log_err, log_info, log_warn};
-use crate::module::{split_live, unix_now, Module};
+use crate::clock::unix_now;
+use crate::held::{keep_newest, merge, split_live};
+use crate::module::Module;
 use crate::snapshot::{self, Snapshot};
 use crate::stats::{num, text};
 use crate::table::Entries;
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
@@ -61,41 +61,6 @@ pub fn backoff(err: &FeedError, failures: u32, interval: u64, jitter: f64) -> Du
     d
 }
 
-/// Merges an incremental pull into what is held: new addresses are added, a re-listed one takes
-/// the newer listing time. Returns (added, re-listed with a newer time).
-fn merge(master: &mut HashMap<Key, u32>, got: HashMap<Key, u32>) -> (usize, usize) {
-    let (mut added, mut relisted) = (0, 0);
-    for (k, at) in got {
-        match master.entry(k) {
-            Entry::Vacant(e) => {
-                e.insert(at);
-                added += 1;
-            }
-            Entry::Occupied(mut e) if at > *e.get() => {
-                e.insert(at);
-                relisted += 1;
-            }
-            Entry::Occupied(_) => {}
-        }
-    }
-    (added, relisted)
-}
-
-/// Keeps the `keep` most recently listed addresses; returns how many were left out.
-fn keep_newest(map: &mut HashMap<Key, u32>, keep: usize) -> u64 {
-    if map.len() <= keep {
-        return 0;
-    }
-    let mut all: Vec<(Key, u32)> = map.drain().collect();
-    let dropped = all.len() - keep;
-    if keep > 0 {
-        all.select_nth_unstable_by_key(keep - 1, |e| std::cmp::Reverse(e.1));
-    }
-    all.truncate(keep);
-    map.extend(all);
-    dropped as u64
-}
-
 struct Pull {
     full: bool,
     reason: &'static str,
@@ -119,6 +84,13 @@ struct Pull {
 /// this interval, so a first start blocks early instead of after the last batch.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
+/// What a commit did.
+struct Committed {
+    expired: usize,
+    dropped: u64,
+    changed: bool,
+}
+
 struct Refresher<'l> {
     m: &'static Module,
     feed: Feed,
@@ -139,7 +111,7 @@ struct Refresher<'l> {
     /// expired: kept by incremental pulls, cleared by a full pull without any.
     stale_note: Option<String>,
     /// Fleet mode: this node's part in the fleet. None: standalone.
-    fleet: Option<fleet::FleetNode>,
+    fleet: Option<roles::FleetNode>,
 }
 
 impl<'l> Refresher<'l> {
@@ -161,7 +133,7 @@ impl<'l> Refresher<'l> {
             rng: (std::process::id() as u64) << 32 ^ unix_now() | 1,
             overflow_logged: false,
             stale_note: None,
-            fleet: fleet::FleetNode::new(&m.settings),
+            fleet: roles::FleetNode::new(&m.settings),
         };
         // Resume from the snapshot read before the fork: an incremental pull brings it up to date.
         if let Some(s) = m.initial.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -353,13 +325,13 @@ impl<'l> Refresher<'l> {
         } else {
             merge(&mut self.master, p.got)
         };
-        let ttl = cfg.ttl;
-        let n = self.master.len();
-        self.master.retain(|_, at| *at as u64 + ttl > now);
-        let expired = n - self.master.len();
-        let dropped = p.dropped + keep_newest(&mut self.master, cfg.max_entries);
+        if p.cursor > START_ID {
+            self.last_id = Some(p.cursor);
+        }
+        // A re-listing changes only an entry's time, but that time is its expiry in the table.
+        let changed = p.full || added > 0 || relisted > 0 || before != self.master.len();
+        let Committed { expired, dropped, changed } = self.commit(now, changed, p.dropped);
         if dropped > 0 {
-            num!(c, overflow).fetch_add(dropped, Relaxed);
             if !self.overflow_logged {
                 let since = self.master.values().min().copied().unwrap_or(0);
                 log_warn!(
@@ -372,17 +344,8 @@ impl<'l> Refresher<'l> {
         } else {
             self.overflow_logged = false;
         }
-        if p.cursor > START_ID {
-            self.last_id = Some(p.cursor);
-        }
-        // A re-listing changes only an entry's time, but that time is its expiry in the table.
-        let changed = p.full || added > 0 || relisted > 0 || expired > 0 || before != self.master.len();
-        if changed {
-            self.publish(now);
-        }
         let ms = p.started.elapsed().as_millis() as u64;
         num!(c, skipped).fetch_add(p.skipped, Relaxed);
-        num!(c, expired).fetch_add(expired as u64, Relaxed);
         num!(c, syncs).fetch_add(1, Relaxed);
         num!(c, last_sync).store(now, Relaxed);
         num!(c, sync_ms).store(ms, Relaxed);
@@ -402,9 +365,6 @@ impl<'l> Refresher<'l> {
         match &self.stale_note {
             Some(note) => text!(c, state).put(&format!("ok; {note}")),
             None => text!(c, state).put("ok"),
-        }
-        if changed {
-            self.save_snapshot(now);
         }
         if self.fleet_mode() {
             // Keeping the newest dropped addresses the delta does not name: write it all.
@@ -428,6 +388,27 @@ impl<'l> Refresher<'l> {
         if p.full {
             self.next_full = mono + Duration::from_secs(cfg.full_resync);
         }
+    }
+
+    /// The one step from a new list held to the table in use, for every role (a pull's end, a
+    /// list from Redis): expire by `ttl`, keep the newest under `max_entries` (besides
+    /// `dropped` left out earlier), then, when anything changed, publish the table and write
+    /// the snapshot; the counters say what was expired and left out.
+    fn commit(&mut self, now: u64, changed: bool, dropped: u64) -> Committed {
+        let cfg = &self.m.settings.cfg;
+        let n = self.master.len();
+        self.master.retain(|_, at| *at as u64 + cfg.ttl > now);
+        let expired = n - self.master.len();
+        let dropped = dropped + keep_newest(&mut self.master, cfg.max_entries);
+        let changed = changed || expired > 0 || dropped > 0;
+        if changed {
+            self.publish(now);
+            self.save_snapshot(now);
+        }
+        let c = self.m.stats.get();
+        num!(c, expired).fetch_add(expired as u64, Relaxed);
+        num!(c, overflow).fetch_add(dropped, Relaxed);
+        Committed { expired, dropped, changed }
     }
 
     /// Mid-pull: publishes what is held plus what this pull gathered so far, at the first batch
@@ -487,26 +468,6 @@ impl<'l> Refresher<'l> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_oldest_listed_are_left_out_first() {
-        let mut m: HashMap<Key, u32> = (0..3000u32).map(|i| (Key::V4(i), 1_700_000_000 + i)).collect();
-        assert_eq!(keep_newest(&mut m, 1000), 2000);
-        assert_eq!(m.len(), 1000);
-        assert!(m.keys().all(|k| matches!(k, Key::V4(i) if *i >= 2000)));
-        assert_eq!(keep_newest(&mut m, 1000), 0);
-    }
-
-    #[test]
-    fn an_incremental_merge_adds_and_takes_the_newer_time() {
-        let mut master: HashMap<Key, u32> = [(Key::V4(1), 100), (Key::V4(2), 200)].into_iter().collect();
-        let got = [(Key::V4(1), 150), (Key::V4(2), 150), (Key::V4(3), 300)].into_iter().collect();
-        assert_eq!(merge(&mut master, got), (1, 1));
-        assert_eq!((master[&Key::V4(1)], master[&Key::V4(2)], master[&Key::V4(3)]), (150, 200, 300));
-        // The same pull again changes nothing.
-        let got = [(Key::V4(1), 150), (Key::V4(3), 300)].into_iter().collect();
-        assert_eq!(merge(&mut master, got), (0, 0));
-    }
 
     #[test]
     fn backoff_grows_is_capped_and_honours_retry_after() {

@@ -290,7 +290,7 @@ fn new_epoch() -> String {
     let mut x = u64::from_le_bytes(b);
     if n != b.len() as isize {
         // No entropy source: time and pid are unique enough for an epoch name.
-        x = crate::module::unix_now() << 20 ^ std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+        x = crate::clock::unix_now() << 20 ^ std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
     }
     format!("{x:016x}")
 }

@@ -11,15 +11,16 @@
 //! of it a node pulls APIBAN on its own until Redis answers again.
 
 use super::limiter::RATE_MARGIN;
-use super::{keep_newest, merge, Refresher};
+use super::Refresher;
+use crate::held::merge;
 use crate::addr::Key;
 use crate::config::Settings;
 use crate::feed::START_ID;
 use crate::fleet::layout::Meta;
 use crate::fleet::{Change, Changed, Fleet, FleetError, FleetSettings, LeaseState, Poll, Reserved, SyncInfo};
 use crate::log::{log_info, log_warn};
-use crate::module::unix_now;
-use crate::stats::{num, text, Stats};
+use crate::clock::unix_now;
+use crate::stats::{num, text};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -79,12 +80,6 @@ pub(super) struct FleetNode {
     /// The cap of every backoff here: `interval`, but at least PUBLISH_RETRY.
     backoff_cap: Duration,
     shown: (Role, String),
-}
-
-/// mod_init: the role stats start with.
-pub fn fleet_init(settings: &Settings, stats: &Stats) {
-    let role = if settings.cfg.redis_url.is_some() { Role::Follower.name() } else { "standalone" };
-    text!(stats.get(), role).put(role);
 }
 
 fn fleet_settings(s: &Settings) -> Option<FleetSettings> {
@@ -210,10 +205,23 @@ impl Refresher<'_> {
         self.fleet.is_some()
     }
 
+    /// Runs `op` with this node's part in the fleet taken out of the refresher (it works on
+    /// the rest: the list held, the table, the stats); `standalone` without one. The one place
+    /// that takes it out and puts it back.
+    fn with_node<R>(&mut self, standalone: R, op: impl FnOnce(&mut Self, &mut FleetNode) -> R) -> R {
+        let Some(mut f) = self.fleet.take() else { return standalone };
+        let r = op(self, &mut f);
+        self.fleet = Some(f);
+        r
+    }
+
     /// Once a tick: follow Redis, hold or seek the lease. True when this node may pull APIBAN
     /// now: standalone, leader, or alone after `fleet_fallback` of Redis trouble.
     pub(super) fn fleet_tick(&mut self) -> bool {
-        let Some(mut f) = self.fleet.take() else { return true };
+        self.with_node(true, Self::tick)
+    }
+
+    fn tick(&mut self, f: &mut FleetNode) -> bool {
         if STOP.load(Relaxed) {
             if f.role == Role::Leader {
                 f.client.release();
@@ -223,14 +231,12 @@ impl Refresher<'_> {
             unsafe { libc::_exit(0) };
         }
         if f.role == Role::Leader {
-            self.fleet_lead(&mut f);
+            self.fleet_lead(f);
         } else if f.quiet_until.is_none_or(|t| Instant::now() >= t) {
-            self.fleet_follow(&mut f);
+            self.fleet_follow(f);
         }
-        self.fleet_stats(&mut f);
-        let may_pull = matches!(f.role, Role::Leader | Role::Fallback);
-        self.fleet = Some(f);
-        may_pull
+        self.fleet_stats(f);
+        matches!(f.role, Role::Leader | Role::Fallback)
     }
 
     fn fleet_lead(&mut self, f: &mut FleetNode) {
@@ -406,7 +412,6 @@ impl Refresher<'_> {
 
     /// A follower's update from Redis: into the list held, the table and the snapshot.
     fn fleet_apply(&mut self, f: &mut FleetNode, meta: &Meta, change: Change) {
-        let cfg = &self.m.settings.cfg;
         let now = unix_now();
         let (mut added, mut removed) = (0usize, 0usize);
         match change {
@@ -439,16 +444,9 @@ impl Refresher<'_> {
                 }
             }
         }
-        let n = self.master.len();
-        self.master.retain(|_, at| *at as u64 + cfg.ttl > now);
-        let expired = n - self.master.len();
-        let dropped = keep_newest(&mut self.master, cfg.max_entries);
-        self.publish(now);
-        self.save_snapshot(now);
+        let expired = self.commit(now, true, 0).expired;
         let c = self.m.stats.get();
         num!(c, fleet_syncs).fetch_add(1, Relaxed);
-        num!(c, expired).fetch_add(expired as u64, Relaxed);
-        num!(c, overflow).fetch_add(dropped, Relaxed);
         num!(c, last_id).store(self.last_id.unwrap_or(0), Relaxed);
         num!(c, last_sync).store(meta.synced_at, Relaxed);
         text!(c, last_error).put("");
@@ -465,38 +463,31 @@ impl Refresher<'_> {
     /// confirm it for a whole request); else, for a leader, the request's name in the fleet's
     /// history and the time its lease covers.
     pub(super) fn fleet_before_request(&mut self) -> Option<Option<Reserved>> {
-        let Some(mut f) = self.fleet.take() else { return Some(None) };
-        let go = match f.role {
+        self.with_node(Some(None), |r, f| match f.role {
             Role::Fallback => Some(None),
             Role::Follower => None,
             Role::Leader => match f.client.before_request() {
-                Ok(r) => Some(Some(r)),
-                Err(FleetError::LeaseLost) => {
-                    self.fleet_lost(&mut f);
-                    None
-                }
+                Ok(reserved) => Some(Some(reserved)),
                 Err(e) => {
-                    self.fleet_error(&mut f, e);
+                    r.fleet_error(f, e);
                     None
                 }
             },
-        };
-        self.fleet = Some(f);
-        go
+        })
     }
 
     /// After an APIBAN request's reply (or failure) is complete.
     pub(super) fn fleet_after_request(&mut self) {
-        let Some(mut f) = self.fleet.take() else { return };
-        if f.role == Role::Leader {
-            match f.client.after_request() {
-                Ok(()) => {}
-                // The reply is in; what it brought is still good. No more requests, though.
-                Err(FleetError::LeaseLost) => f.role = Role::Follower,
-                Err(e) => self.fleet_error(&mut f, e),
+        self.with_node((), |r, f| {
+            if f.role == Role::Leader {
+                match f.client.after_request() {
+                    Ok(()) => {}
+                    // The reply is in; what it brought is still good. No more requests, though.
+                    Err(FleetError::LeaseLost) => f.role = Role::Follower,
+                    Err(e) => r.fleet_error(f, e),
+                }
             }
-        }
-        self.fleet = Some(f);
+        })
     }
 
     /// Before a leader's pull is merged: what it changes, for an incremental write to Redis
@@ -514,14 +505,14 @@ impl Refresher<'_> {
 
     /// After a leader's sync: shares it. `delta` None, or an overflow, writes the whole list.
     pub(super) fn fleet_synced(&mut self, delta: Option<SyncDelta>, full_pull: bool, now: u64) {
-        let Some(mut f) = self.fleet.take() else { return };
-        if f.role == Role::Leader {
-            if full_pull {
-                f.full_at = now;
+        self.with_node((), |r, f| {
+            if f.role == Role::Leader {
+                if full_pull {
+                    f.full_at = now;
+                }
+                r.fleet_publish(f, delta, now);
             }
-            self.fleet_publish(&mut f, delta, now);
-        }
-        self.fleet = Some(f);
+        })
     }
 
     fn fleet_publish(&mut self, f: &mut FleetNode, delta: Option<SyncDelta>, now: u64) {
@@ -549,16 +540,15 @@ impl Refresher<'_> {
     /// (with no last ID and no sync time: a node that takes over pulls in full at once), so the
     /// followers block it too.
     pub(super) fn fleet_progress(&mut self, held: &HashMap<Key, u32>) {
-        let Some(mut f) = self.fleet.take() else { return };
-        if f.role == Role::Leader {
-            let info = SyncInfo { last_id: self.last_id.unwrap_or(0), synced_at: 0, full_at: 0 };
-            match f.client.publish(held, None, info) {
-                Ok(v) => num!(self.m.stats.get(), fleet_version).store(v, Relaxed),
-                Err(FleetError::LeaseLost) => self.fleet_lost(&mut f),
-                Err(e) => self.fleet_error(&mut f, e),
+        self.with_node((), |r, f| {
+            if f.role == Role::Leader {
+                let info = SyncInfo { last_id: r.last_id.unwrap_or(0), synced_at: 0, full_at: 0 };
+                match f.client.publish(held, None, info) {
+                    Ok(v) => num!(r.m.stats.get(), fleet_version).store(v, Relaxed),
+                    Err(e) => r.fleet_error(f, e),
+                }
             }
-        }
-        self.fleet = Some(f);
+        })
     }
 
     /// A reload asked of a follower: it re-reads the whole list from Redis (the leader pulls
