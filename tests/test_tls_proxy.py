@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import unittest
+from urllib.parse import urlsplit
 
 from harness import KAMAILIO_MODULE, FakeApiban, Kamailio, Proc, TempDir, free_port, wait_until, write_text
 
@@ -72,14 +73,32 @@ class FeedCase(unittest.TestCase):
         d = os.path.join(self.tmp.path, f"kam{self.runs}")
         os.makedirs(d)
         kam = Kamailio(d, url, key=KEY, modparams=modparams, module=MODULE)
-        # Cleanups run last first: the stats are read while the server still runs.
+        # The secrets this server was given: the key, and the proxy's password (a wrong one too).
+        kam.secrets = [KEY, PROXY_PASSWORD] + [urlsplit(v.strip('"')).password for n, v in modparams if n == "proxy"]
         self.addCleanup(kam.stop)
+        kam.start(env=env or environment())
+        # Cleanups run last first: the stats are read while the server still runs.
         self.addCleanup(self.assert_secrets_hidden, kam)
-        return kam.start(env=env or environment())
+        return kam
+
+    def stop(self, kam):
+        """Stops a server before the end of the test, its secrets checked first (while it runs)."""
+        try:
+            self.assert_secrets_hidden(kam)
+        finally:
+            kam.stop()
 
     def assert_secrets_hidden(self, kam):
-        _, stats = kam.kamcmd("apiban.stats")
-        for secret in (KEY, PROXY_PASSWORD):
+        """Neither secret in the log nor in apiban.stats, read from the running server: a stopped
+        one answers with kamcmd's own error, which holds no secret, and the check would pass."""
+        if getattr(kam, "secrets_checked", False):
+            return
+        kam.secrets_checked = True
+        self.assertTrue(kam.proc.alive(), "the server stopped before its stats were checked for secrets")
+        rc, stats = kam.kamcmd("apiban.stats")
+        self.assertEqual(rc, 0, f"apiban.stats unreadable: {stats}")
+        self.assertIn("last_error:", stats)
+        for secret in kam.secrets:
             self.assertNotIn(secret, kam.log())
             self.assertNotIn(secret, stats)
 
@@ -227,7 +246,7 @@ class ThroughProxy(FeedCase):
             self.assertNotIn("API key", s["last_error"])
             self.assertEqual((s["entries"], feed.stats()["requests"]), (0, requests))
             self.assertNotIn("WR0NG-pw", kam.log())
-            kam.stop()
+            self.stop(kam)
 
     def test_a_bad_proxy_stops_the_start_without_showing_the_password(self):
         d = os.path.join(self.tmp.path, "badproxy")
