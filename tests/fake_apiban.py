@@ -29,6 +29,9 @@ From Python:
   FakeApiban(tls=(cert_file, key_file)): HTTPS; srv.url says https://. A handshake the client
   refuses is counted in stats()["tls_failures"], its alert in ["last_tls_error"] (e.g.
   "... alert unknown ca"). stats()["last_via"]: the Via header of the last API request (a proxy's).
+  stats()["headers_seen"]: the names (lowercase, sorted) of every header any API request carried;
+  stats()["headers"]: the headers of the last 100 API requests, each a list of [name, value] as
+  received (e.g. to show that a proxy's Proxy-Authorization never reaches the feed).
 """
 import argparse
 import bisect
@@ -222,7 +225,7 @@ class _Handler(BaseHTTPRequestHandler):
                 idv, setname = body.get("id"), body.get("set")
         elif method == "GET" and m:  # v1: key in the path, ID optional
             key, idv = unquote(m.group(1)), (m.group(2) or None)
-        f._record(path, auth, body, setname, key, idv, via=self.headers.get("Via"))
+        f._record(path, auth, body, setname, key, idv, via=self.headers.get("Via"), headers=self.headers.items())
         if not (m or path.rstrip("/") == "/api/get") or (m and method != "GET"):
             return self._send(404, {"ipaddress": "not found", "ID": "none"})
         if not key or (f.key is not None and key != f.key):
@@ -477,17 +480,20 @@ class FakeApiban:
             self._stats = {"requests": 0, "by_path": {}, "last_auth": None, "last_body": None,
                            "last_set": None, "last_key": None, "last_id": None, "faults_served": 0,
                            "ids": [], "times": [], "tls_failures": 0, "last_tls_error": None,
-                           "last_via": None}
+                           "last_via": None, "headers_seen": [], "headers": []}
 
     def _tls_failed(self, e):
         with self._lock:
             self._stats["tls_failures"] += 1
             self._stats["last_tls_error"] = str(e)
 
-    def _record(self, path, auth, body, setname, key, idv, via=None):
+    def _record(self, path, auth, body, setname, key, idv, via=None, headers=()):
         with self._lock:
             s = self._stats
             s["last_via"] = via
+            headers = [[str(k), str(v)] for k, v in headers]
+            s["headers_seen"] = sorted(set(s["headers_seen"]) | {k.lower() for k, _ in headers})
+            s["headers"] = (s["headers"] + [headers])[-100:]
             s["requests"] += 1
             s["by_path"][path] = s["by_path"].get(path, 0) + 1
             s.update(last_auth=auth, last_body=body, last_set=setname, last_key=key, last_id=idv)

@@ -7,6 +7,7 @@
   the server's wall clock, and only it).
 """
 import os
+import time
 import unittest
 
 from harness import KAMAILIO_MODULE, FakeApiban, Kamailio, TempDir, parse_kamcmd_struct, wait_until
@@ -90,6 +91,21 @@ class MaxEntriesKeepsTheNewest(unittest.TestCase):
 
 @unittest.skipUnless(os.path.exists(FAKETIME_LIB), "libfaketime is not installed (scripts/setup-debian.sh)")
 class WallClockSteppedBack(unittest.TestCase):
+    """libfaketime (LD_PRELOAD, its offset re-read from a file at every call) steps the server's
+    wall clock back while it runs; the pulls must go on. last_sync shows the step took."""
+    STEP = 1800  # NTP steps the clock back half an hour
+    MARGIN = 30  # last_sync is whole seconds, from a pull up to ~1 s old, on a busy machine
+
+    def assert_server_clock_behind(self, kam, step, what):
+        """The server's wall clock is `step` s behind ours: the last pull's last_sync (unix time on
+        the server's clock) is that much below the real time. Without it, a libfaketime that did
+        not load, or an offset it did not read, would leave the test stepping nothing."""
+        s = kam.stats()
+        behind = time.time() - s["last_sync"]
+        self.assertLessEqual(abs(behind - step), self.MARGIN,
+                             f"{what}: the server's clock is {behind:.0f} s behind, not {step} s: {s}")
+        return s
+
     def test_incremental_pulls_go_on(self):
         tmp = TempDir("clock")
         offset = os.path.join(tmp.path, "faketime")
@@ -102,11 +118,13 @@ class WallClockSteppedBack(unittest.TestCase):
         try:
             kam = start(tmp.path, feed, interval=1, rate_limit="1000/1", env=env)
             s0 = kam.wait_synced(entries=1)
-            # NTP steps the clock back half an hour: the server's wall time, not its monotonic one.
+            self.assert_server_clock_behind(kam, 0, "before the step")
+            # The step: the server's wall time, not its monotonic one.
             with open(offset, "w") as f:
-                f.write("-1800\n")
+                f.write(f"-{self.STEP}\n")
             wait_until(lambda: kam.stats()["syncs"] >= s0["syncs"] + 2, timeout=10, step=0.2,
                        what="pulls after the clock stepped back")
+            self.assert_server_clock_behind(kam, self.STEP, "after the step")
             feed.add(["127.0.0.72"])
             wait_until(lambda: kam.options("127.0.0.72") == 403, timeout=10, step=0.2,
                        what="an address added after the step to be refused")

@@ -6,15 +6,21 @@ Without `ca_file` the module must refuse the private CA and say "unknown issuer"
 Debian's tinyproxy, started here on a loopback port with its own config (Basic credentials) in
 the foreground and stopped by PID, is the proxy: a plain feed is pulled through it (the feed sees
 its Via header), an HTTPS feed through CONNECT (its log shows the CONNECT); its password never
-shows in Kamailio's log nor in apiban.stats.
+shows in Kamailio's log nor in apiban.stats, and neither it nor the Proxy-Authorization header that
+carries it ever reaches the feed (the fake feed records the headers of every request).
 
 APIBAN_MODULE=/path/to/libapiban.so runs these against another build of the module.
 """
 
+import base64
+import json
 import os
 import shutil
+import ssl
 import subprocess
 import unittest
+import urllib.request
+from urllib.parse import urlsplit
 
 from harness import KAMAILIO_MODULE, FakeApiban, Kamailio, Proc, TempDir, free_port, wait_until, write_text
 
@@ -72,14 +78,32 @@ class FeedCase(unittest.TestCase):
         d = os.path.join(self.tmp.path, f"kam{self.runs}")
         os.makedirs(d)
         kam = Kamailio(d, url, key=KEY, modparams=modparams, module=MODULE)
-        # Cleanups run last first: the stats are read while the server still runs.
+        # The secrets this server was given: the key, and the proxy's password (a wrong one too).
+        kam.secrets = [KEY, PROXY_PASSWORD] + [urlsplit(v.strip('"')).password for n, v in modparams if n == "proxy"]
         self.addCleanup(kam.stop)
+        kam.start(env=env or environment())
+        # Cleanups run last first: the stats are read while the server still runs.
         self.addCleanup(self.assert_secrets_hidden, kam)
-        return kam.start(env=env or environment())
+        return kam
+
+    def stop(self, kam):
+        """Stops a server before the end of the test, its secrets checked first (while it runs)."""
+        try:
+            self.assert_secrets_hidden(kam)
+        finally:
+            kam.stop()
 
     def assert_secrets_hidden(self, kam):
-        _, stats = kam.kamcmd("apiban.stats")
-        for secret in (KEY, PROXY_PASSWORD):
+        """Neither secret in the log nor in apiban.stats, read from the running server: a stopped
+        one answers with kamcmd's own error, which holds no secret, and the check would pass."""
+        if getattr(kam, "secrets_checked", False):
+            return
+        kam.secrets_checked = True
+        self.assertTrue(kam.proc.alive(), "the server stopped before its stats were checked for secrets")
+        rc, stats = kam.kamcmd("apiban.stats")
+        self.assertEqual(rc, 0, f"apiban.stats unreadable: {stats}")
+        self.assertIn("last_error:", stats)
+        for secret in kam.secrets:
             self.assertNotIn(secret, kam.log())
             self.assertNotIn(secret, stats)
 
@@ -200,23 +224,74 @@ class ThroughProxy(FeedCase):
         cls.tls.stop()
         super().tearDownClass()
 
+    def setUp(self):
+        # Each test sees only its own requests, and the proxy's log from its own start.
+        for f in (self.plain, self.tls):
+            f.reset_stats()
+        self.proxy_log_start = len(self.proxy.output())
+
+    def proxy_log(self):
+        return self.proxy.output()[self.proxy_log_start:]
+
     def proxy_param(self, password=PROXY_PASSWORD):
         return ("proxy", f'"http://{PROXY_USER}:{password}@127.0.0.1:{self.proxy_port}"')
+
+    def assert_no_proxy_credentials_reached(self, feed):
+        """No API request the feed received carried Proxy-Authorization, nor the proxy's password
+        (as such or Basic-encoded) in any header or body: they are for the proxy alone."""
+        s = feed.stats()
+        self.assertGreater(s["requests"], 0, "the feed received no request: nothing to check")
+        self.assertEqual(len(s["headers"]), min(s["requests"], 100), "a request without its headers recorded")
+        self.assertNotIn("proxy-authorization", s["headers_seen"])
+        received = json.dumps([s["headers"], s["last_body"]])
+        basic = base64.b64encode(f"{PROXY_USER}:{PROXY_PASSWORD}".encode()).decode()
+        for secret in (PROXY_PASSWORD, basic):
+            self.assertNotIn(secret, received)
+
+    def test_the_feed_would_record_proxy_authorization(self):
+        """The check above can fail: a request that carries the header straight to the feed, as a
+        module that sent its proxy credentials to the server would, is recorded and caught."""
+        basic = base64.b64encode(f"{PROXY_USER}:{PROXY_PASSWORD}".encode()).decode()
+        # No proxy from the environment: straight to the feed.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(
+            context=ssl.create_default_context(cafile=self.ca)))
+        for feed in (self.plain, self.tls):
+            req = urllib.request.Request(f"{feed.url}/api/get", data=b'{"set":"sip","id":"100"}', headers={
+                "Authorization": f"Bearer {KEY}", "Proxy-Authorization": f"Basic {basic}"})
+            with opener.open(req, timeout=10) as r:
+                self.assertEqual(r.status, 200)
+            self.assertIn("proxy-authorization", feed.stats()["headers_seen"])
+            with self.assertRaises(AssertionError):
+                self.assert_no_proxy_credentials_reached(feed)
+        # And the module's own request to a proxy, the feed named as its proxy: what tinyproxy
+        # takes out in the test below, the feed would see.
+        self.plain.reset_stats()
+        kam = self.kamailio(self.plain.url, modparams=[
+            ("proxy", f'"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{self.plain.port}"')])
+        kam.wait_synced(entries=len(IPS))
+        self.assertIn("proxy-authorization", self.plain.stats()["headers_seen"])
+        with self.assertRaises(AssertionError):
+            self.assert_no_proxy_credentials_reached(self.plain)
 
     def test_a_plain_feed_is_pulled_through_the_proxy(self):
         kam = self.kamailio(self.plain.url, modparams=[self.proxy_param()])
         kam.wait_synced(entries=len(IPS))
         self.assertIn("tinyproxy", self.plain.stats()["last_via"] or "")
-        self.assertIn("Request (file descriptor", self.proxy.output())
-        self.assertIn(f"POST http://127.0.0.1:{self.plain.port}/api/get", self.proxy.output())
+        self.assertIn("Request (file descriptor", self.proxy_log())
+        self.assertIn(f"POST http://127.0.0.1:{self.plain.port}/api/get", self.proxy_log())
+        # The module gives the proxy its credentials (tinyproxy answers 407 otherwise) and the
+        # proxy takes them out: the feed never sees them.
+        self.assert_no_proxy_credentials_reached(self.plain)
         self.assertIn(f"the feed is reached through the proxy http://***@127.0.0.1:{self.proxy_port}", kam.log())
 
     def test_an_https_feed_is_pulled_through_connect(self):
         kam = self.kamailio(self.tls.url, modparams=[self.proxy_param(), ("ca_file", f'"{self.ca}"')])
         kam.wait_synced(entries=len(IPS))
-        self.assertIn(f"CONNECT 127.0.0.1:{self.tls.port} HTTP/1.1", self.proxy.output())
-        # Inside the tunnel the proxy adds nothing: the feed sees the module's own request.
+        self.assertIn(f"CONNECT 127.0.0.1:{self.tls.port} HTTP/1.1", self.proxy_log())
+        # Inside the tunnel the proxy adds nothing: the feed sees the module's own request, which
+        # must not repeat the credentials it gave the proxy in its CONNECT.
         self.assertIsNone(self.tls.stats()["last_via"])
+        self.assert_no_proxy_credentials_reached(self.tls)
 
     def test_wrong_credentials_are_the_proxys_error(self):
         for feed, extra in [(self.plain, []), (self.tls, [("ca_file", f'"{self.ca}"')])]:
@@ -227,7 +302,7 @@ class ThroughProxy(FeedCase):
             self.assertNotIn("API key", s["last_error"])
             self.assertEqual((s["entries"], feed.stats()["requests"]), (0, requests))
             self.assertNotIn("WR0NG-pw", kam.log())
-            kam.stop()
+            self.stop(kam)
 
     def test_a_bad_proxy_stops_the_start_without_showing_the_password(self):
         d = os.path.join(self.tmp.path, "badproxy")
