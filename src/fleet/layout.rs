@@ -1,17 +1,9 @@
 //! The fleet's data in Redis: key names, the format, the scripts that change it, and the
 //! pure decoding of what Redis answers (so that garbage is refused here, and unit-tested).
 //!
-//! Keys under `<prefix>` (README "Fleet mode" documents them for operators):
-//!
-//! | key                 | type       | expiry              | what                                          |
-//! |---------------------|------------|---------------------|-----------------------------------------------|
-//! | `P:leader`          | string     | `leader_ttl`        | `<node_id>:<token>`, the lease                |
-//! | `P:fence`           | string/int | none                | the fencing counter, INCR at each take        |
-//! | `P:requests`        | sorted set | window + a request  | APIBAN requests: member `<token>:<n>:<nonce>`, score the ms its reply completed (while in flight: the latest it can complete) |
-//! | `P:meta`            | hash       | none                | `format`, `epoch`, `version`, `last_id`, `synced_at`, `full_at`, `leader`, `entries`, `writer` (`<node_id>:<token>:<random>`, unique to each version written), `settings` (what shapes the list and the budget, never the key) |
-//! | `P:list`            | sorted set | none (PERSIST after the rename) | member the address as text, score the unix time APIBAN listed it |
-//! | `P:log`             | stream     | none, ~1000 entries | one entry per version: ID `<version>-0`, fields `writer`, then `add` (`addr=time ...`) and `del` (`addr ...`), or `full` (a count) |
-//! | `P:staging:<token>` | sorted set | 300 s               | a full list being written, renamed over `P:list` at commit |
+//! The keys under `<prefix>`, their types and expiries are `KEY_TABLE`; what each holds is in
+//! README.md's "The data in Redis", which a test below holds to `KEY_TABLE`, `META_FIELDS` and
+//! `FORMAT`. Each script says its KEYS and ARGV beside its text.
 //!
 //! Readers never see half a list: a delta (ZADD/ZREM on the list, the log entry, the version)
 //! is one Lua script; a full list is written aside and renamed in one script; a follower reads
@@ -32,6 +24,18 @@ pub const LOG_KEEP: u32 = 1000;
 pub const CHUNK: usize = 2000;
 /// A dead leader's half-written full list disappears after this.
 pub const STAGING_TTL_S: u64 = 300;
+
+/// Every key of the layout: its name under the prefix, its Redis type and its expiry, as
+/// README.md's "The data in Redis" table shows them to operators (a test holds the two together).
+pub const KEY_TABLE: [(&str, &str, &str); 7] = [
+    ("leader", "string", "`leader_ttl`"),
+    ("fence", "string (integer)", "none"),
+    ("requests", "sorted set", "the rate window + one request"),
+    ("meta", "hash", "none"),
+    ("list", "sorted set", "none (made persistent when renamed from staging)"),
+    ("log", "stream", "none (about 1000 entries)"),
+    ("staging:<token>", "sorted set", "300 s"),
+];
 
 #[derive(Clone, Debug)]
 pub struct Keys {
@@ -490,6 +494,27 @@ mod tests {
         assert_eq!(decode_history(&h).unwrap(), vec![("1:1".into(), 1000), ("1:2".into(), -2000)]);
         assert!(decode_history(&Value::Array(vec![Value::Int(1), b("m")])).is_err());
         assert!(decode_history(&Value::Array(vec![])).is_err());
+    }
+
+    #[test]
+    fn the_readme_shows_the_layout_as_it_is() {
+        let readme = include_str!("../../README.md");
+        for (name, kind, expiry) in KEY_TABLE {
+            let row = format!("| `apiban:{name}` | {kind} | {expiry} |");
+            assert!(readme.contains(&row), "README.md lacks the row {row}");
+        }
+        let k = Keys::new("apiban");
+        for key in [&k.leader, &k.fence, &k.requests, &k.meta, &k.list, &k.log, &k.staging(7)] {
+            let name = key.strip_prefix("apiban:").unwrap().replace('7', "<token>");
+            assert!(KEY_TABLE.iter().any(|(n, _, _)| *n == name), "{key} is not in KEY_TABLE");
+        }
+        assert!(KEY_TABLE.iter().any(|(n, _, e)| *n == "staging:<token>" && *e == format!("{STAGING_TTL_S} s")));
+        assert!(KEY_TABLE.iter().any(|(n, _, e)| *n == "log" && e.contains(&LOG_KEEP.to_string())));
+        let meta_row = readme.lines().find(|l| l.starts_with("| `apiban:meta`")).unwrap();
+        assert!(meta_row.contains(&format!("`{FORMAT}`")), "{meta_row}");
+        for f in META_FIELDS {
+            assert!(meta_row.contains(&format!("`{f}`")), "README's meta row lacks `{f}`");
+        }
     }
 
     #[test]
