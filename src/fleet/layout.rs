@@ -1,9 +1,9 @@
 //! The fleet's data in Redis: key names, the format, the scripts that change it, and the
 //! pure decoding of what Redis answers (so that garbage is refused here, and unit-tested).
 //!
-//! The keys under `<prefix>`, their types and expiries are `KEY_TABLE`; what each holds is in
-//! README.md's "The data in Redis", which a test below holds to `KEY_TABLE`, `META_FIELDS` and
-//! `FORMAT`. Each script says its KEYS and ARGV beside its text.
+//! The keys under `<prefix>` are `Keys`; their types, expiries and contents are in README.md's
+//! "The data in Redis", which a test below holds to `Keys`, `STAGING_TTL_S`, `LOG_KEEP`,
+//! `META_FIELDS` and `FORMAT`. Each script says its KEYS and ARGV beside its text.
 //!
 //! Readers never see half a list: a delta (ZADD/ZREM on the list, the log entry, the version)
 //! is one Lua script; a full list is written aside and renamed in one script; a follower reads
@@ -24,18 +24,6 @@ pub const LOG_KEEP: u32 = 1000;
 pub const CHUNK: usize = 2000;
 /// A dead leader's half-written full list disappears after this.
 pub const STAGING_TTL_S: u64 = 300;
-
-/// Every key of the layout: its name under the prefix, its Redis type and its expiry, as
-/// README.md's "The data in Redis" table shows them to operators (a test holds the two together).
-pub const KEY_TABLE: [(&str, &str, &str); 7] = [
-    ("leader", "string", "`leader_ttl`"),
-    ("fence", "string (integer)", "none"),
-    ("requests", "sorted set", "the rate window + one request"),
-    ("meta", "hash", "none"),
-    ("list", "sorted set", "none (made persistent when renamed from staging)"),
-    ("log", "stream", "none (about 1000 entries)"),
-    ("staging:<token>", "sorted set", "300 s"),
-];
 
 #[derive(Clone, Debug)]
 pub struct Keys {
@@ -495,6 +483,18 @@ mod tests {
         assert!(decode_history(&Value::Array(vec![Value::Int(1), b("m")])).is_err());
         assert!(decode_history(&Value::Array(vec![])).is_err());
     }
+
+    /// Every key of the layout: its name under the prefix, its Redis type and its expiry, as
+    /// README.md's "The data in Redis" table shows them to operators (a test holds the two together).
+    const KEY_TABLE: [(&str, &str, &str); 7] = [
+        ("leader", "string", "`leader_ttl`"),
+        ("fence", "string (integer)", "none"),
+        ("requests", "sorted set", "the rate window + one request"),
+        ("meta", "hash", "none"),
+        ("list", "sorted set", "none (made persistent when renamed from staging)"),
+        ("log", "stream", "none (about 1000 entries)"),
+        ("staging:<token>", "sorted set", "300 s"),
+    ];
 
     #[test]
     fn the_readme_shows_the_layout_as_it_is() {
