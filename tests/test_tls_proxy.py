@@ -34,21 +34,25 @@ PROXY_PASSWORD = "pr0xy-PW-5ecret"
 
 def make_certs(d):
     """A CA and three server certificates it signed: for 127.0.0.1, for another name, expired."""
-    def openssl(*args):
-        r = subprocess.run(["openssl", *args], cwd=d, capture_output=True, text=True)
+    def openssl(*args, faketime=None):
+        cmd = ["faketime", faketime, "openssl", *args] if faketime else ["openssl", *args]
+        r = subprocess.run(cmd, cwd=d, capture_output=True, text=True)
         if r.returncode != 0:
             raise AssertionError(f"openssl {' '.join(args)}: {r.stderr}")
 
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=apiban test CA")
-    for name, san, days in [("good", "IP:127.0.0.1", "2"), ("other", "DNS:feed.example.net", "2"),
-                            ("expired", "IP:127.0.0.1", "-1")]:
+    # Valid from four days back, so that it was valid when the expired certificate was signed.
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "6", "-subj", "/CN=apiban test CA",
+            faketime="4 days ago")
+    for name, san, back in [("good", "IP:127.0.0.1", None), ("other", "DNS:feed.example.net", None),
+                            ("expired", "IP:127.0.0.1", "3 days ago")]:
         write_text(os.path.join(d, f"{name}.ext"),
                    f"subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
         openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        # -days -1: valid until a day ago (OpenSSL 3.0 has no -not_after).
+        # The expired one is signed three days back for one day (under libfaketime): OpenSSL 3.0
+        # has no -not_after, and OpenSSL 3.5 refuses -days -1 ("end date before start date").
         openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-days", days, "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+                "-days", "1" if back else "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem", faketime=back)
     return {n: (os.path.join(d, f"{n}.pem"), os.path.join(d, f"{n}.key")) for n in ("good", "other", "expired")}
 
 
@@ -65,13 +69,11 @@ class FeedCase(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = TempDir(cls.__name__.lower())
+        # A class cleanup runs even when the set-up fails: no CA key is left behind.
+        cls.addClassCleanup(cls.tmp.cleanup)
         cls.certs = make_certs(cls.tmp.path)
         cls.ca = os.path.join(cls.tmp.path, "ca.pem")
         cls.runs = 0
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
 
     def kamailio(self, url, modparams=(), env=None):
         type(self).runs += 1
