@@ -6,6 +6,7 @@
 
 use crate::addr::Key;
 use crate::log::{log_info, log_warn};
+use crate::proxy::{Tunnel, TunnelError};
 use serde_json::Value;
 use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -217,32 +218,39 @@ impl Feed {
             // The key travels in a header (v2) or the path (v1): never follow it elsewhere.
             .redirects(0)
             .user_agent(concat!("apiban-module/", env!("CARGO_PKG_VERSION")));
-        if let Some(tls) = &net.tls {
-            builder = builder.tls_config(tls.clone());
-        }
-        let resolved: Arc<Mutex<Option<Vec<SocketAddr>>>> = Arc::default();
-        let cache = resolved.clone();
-        builder = builder.resolver(move |netloc: &str| {
-            // What resolve() found, else the system's lookup as ureq would do it.
-            match cache.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-                Some(addrs) => Ok(addrs),
-                None => netloc.to_socket_addrs().map(Iterator::collect),
-            }
-        });
         let (mut proxy_auth, mut via) = (None, None);
         let plain_proxy = net.proxy.is_some() && url.starts_with("http://");
         let netloc = match &net.proxy {
-            Some(p) if p.host.contains(':') => format!("[{}]:{}", p.host, p.port),
             Some(p) => format!("{}:{}", p.host, p.port),
             None => netloc_of(url),
         };
+        match (&net.proxy, &net.tls) {
+            // An https:// feed behind a proxy: the tunnel is ours (proxy.rs says why), and ureq
+            // connects to the proxy as if it were the feed.
+            (Some(p), tls) if !plain_proxy => {
+                let tls = tls.clone().unwrap_or_else(|| crate::tls::client_config(rustls::RootCertStore::empty()));
+                builder = builder.tls_connector(Arc::new(Tunnel { target: netloc_of(url), authorization: p.authorization(), tls }));
+            }
+            (_, Some(tls)) => builder = builder.tls_config(tls.clone()),
+            (_, None) => {}
+        }
         if let Some(p) = &net.proxy {
-            builder = builder.proxy(p.client());
             if plain_proxy {
+                builder = builder.proxy(p.client());
                 proxy_auth = p.authorization();
             }
             via = Some(format!("proxy {}:{}", p.host, p.port));
         }
+        let resolved: Arc<Mutex<Option<Vec<SocketAddr>>>> = Arc::default();
+        let (cache, target) = (resolved.clone(), netloc.clone());
+        builder = builder.resolver(move |_: &str| {
+            // What resolve() found, else the system's lookup of the one place this client
+            // connects to: the feed, or the proxy (ureq asks for the feed's name through a tunnel).
+            match cache.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                Some(addrs) => Ok(addrs),
+                None => target.to_socket_addrs().map(Iterator::collect),
+            }
+        });
         Feed {
             agent: builder.build(),
             proxy_auth,
@@ -366,6 +374,11 @@ fn transport_text(t: &ureq::Transport) -> String {
     let mut src = t.source();
     while let Some(e) = src {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            match io.get_ref().and_then(|inner| inner.downcast_ref::<TunnelError>()) {
+                Some(TunnelError::Refused) => return PROXY_REFUSED.into(),
+                Some(tunnel) => return tunnel.to_string(),
+                None => {}
+            }
             // A TLS failure says what it is; "Connection Failed" before it would only blur that.
             if let Some(tls) = tls_error(io) {
                 return crate::tls::describe(tls);

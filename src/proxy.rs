@@ -1,11 +1,15 @@
 //! The `proxy` parameter: the HTTP proxy the feed is reached through, as Kamailio's http_client
-//! has `httpproxy`. Plain `http://` feeds are asked through it in absolute form, `https://` feeds
-//! through a CONNECT tunnel (ureq does both).
+//! has `httpproxy`. Plain `http://` feeds are asked through it in absolute form (ureq does it);
+//! `https://` feeds through a CONNECT tunnel that `Tunnel` opens, so that the request inside
+//! it is in origin form (`POST /api/get`), as curl and browsers send it: ureq 2 writes the
+//! absolute form inside a tunnel too, and a server that knows only the origin form answers 404.
 //!
 //! The credentials are secrets like the API key: no message, Debug or Display shows them, and
 //! the password is redacted from every log line (log.rs).
 
 use std::fmt;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct Proxy {
@@ -153,6 +157,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_tunnel_opens_on_2xx_and_is_refused_otherwise() {
+        struct Fake {
+            reply: io::Cursor<Vec<u8>>,
+            sent: Vec<u8>,
+        }
+        impl Read for Fake {
+            fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+                self.reply.read(b)
+            }
+        }
+        impl Write for Fake {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.sent.extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let fake = |r: &str| Fake { reply: io::Cursor::new(r.as_bytes().to_vec()), sent: Vec::new() };
+        let mut ok = fake("HTTP/1.1 200 Connection established\r\nVia: x\r\n\r\n\x16\x03TLS");
+        open_tunnel(&mut ok, "apiban.org:443", Some("Basic dTpw")).unwrap();
+        assert_eq!(String::from_utf8(ok.sent).unwrap(), "CONNECT apiban.org:443 HTTP/1.1\r\nHost: apiban.org:443\r\nProxy-Authorization: Basic dTpw\r\n\r\n");
+        // What follows the blank line is left for TLS.
+        let mut rest = Vec::new();
+        ok.reply.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"\x16\x03TLS");
+        assert!(matches!(open_tunnel(&mut fake("HTTP/1.1 407 Auth\r\n\r\n"), "h:443", None), Err(TunnelError::Refused)));
+        let e = open_tunnel(&mut fake("HTTP/1.0 403 Forbidden\r\n\r\n"), "h:443", None).unwrap_err();
+        assert_eq!(e.to_string(), "the proxy did not open a tunnel to the feed: it answered 403");
+        assert!(matches!(open_tunnel(&mut fake("HTTP/1.1 200 OK\r\n"), "h:443", None), Err(TunnelError::NotOpened(_))));
+        assert!(matches!(open_tunnel(&mut fake("garbage\r\n\r\n"), "h:443", None), Err(TunnelError::NotOpened(_))));
+    }
+
+    #[test]
     fn good_proxies() {
         let p = parse("http://proxy.example.net:3128").unwrap();
         assert_eq!((p.host.as_str(), p.port, p.credentials.is_none()), ("proxy.example.net", 3128, true));
@@ -206,5 +245,79 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+}
+
+/// A CONNECT tunnel through the proxy, then TLS to the feed inside it. Given to ureq as its TLS
+/// connector for an `https://` feed behind a proxy: ureq connects to the proxy (the feed's
+/// resolver points there) and thinks it speaks to the feed directly, so it sends the origin
+/// form.
+pub struct Tunnel {
+    /// `host:port` of the feed.
+    pub target: String,
+    /// `Proxy-Authorization` for the CONNECT only; it never enters the tunnel.
+    pub authorization: Option<String>,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// Why a tunnel did not open, told apart from the feed's own errors (feed.rs reads it).
+#[derive(Debug)]
+pub enum TunnelError {
+    /// 407 (or 401): the proxy wants credentials, or other ones.
+    Refused,
+    /// Any other answer to the CONNECT, or none.
+    NotOpened(String),
+}
+
+impl fmt::Display for TunnelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TunnelError::Refused => write!(f, "the proxy refused the tunnel: credentials missing or wrong"),
+            TunnelError::NotOpened(why) => write!(f, "the proxy did not open a tunnel to the feed: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for TunnelError {}
+
+/// The most a proxy's answer to CONNECT may hold before its blank line.
+const MAX_CONNECT_REPLY: usize = 16 * 1024;
+
+/// Sends CONNECT and reads the proxy's answer up to its blank line (byte by byte: what follows
+/// belongs to TLS). Ok: the tunnel is open.
+fn open_tunnel(io: &mut (impl Read + Write + ?Sized), target: &str, authorization: Option<&str>) -> Result<(), TunnelError> {
+    let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    if let Some(a) = authorization {
+        head.push_str(&format!("Proxy-Authorization: {a}\r\n"));
+    }
+    head.push_str("\r\n");
+    let io_err = |e: io::Error| TunnelError::NotOpened(format!("{} ({})", e.kind(), e));
+    io.write_all(head.as_bytes()).and_then(|_| io.flush()).map_err(io_err)?;
+    let mut reply = Vec::with_capacity(256);
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(b"\r\n\r\n") {
+        if reply.len() >= MAX_CONNECT_REPLY {
+            return Err(TunnelError::NotOpened("its answer has no end".into()));
+        }
+        match io.read(&mut byte).map_err(io_err)? {
+            0 => return Err(TunnelError::NotOpened("it closed the connection".into())),
+            _ => reply.push(byte[0]),
+        }
+    }
+    let line = String::from_utf8_lossy(reply.split(|&b| b == b'\r').next().unwrap_or_default()).into_owned();
+    let status = line.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok());
+    match status {
+        Some(200..=299) => Ok(()),
+        Some(401 | 407) => Err(TunnelError::Refused),
+        Some(code) => Err(TunnelError::NotOpened(format!("it answered {code}"))),
+        None => Err(TunnelError::NotOpened("its answer is not HTTP".into())),
+    }
+}
+
+impl ureq::TlsConnector for Tunnel {
+    fn connect(&self, dns_name: &str, mut io: Box<dyn ureq::ReadWrite>) -> Result<Box<dyn ureq::ReadWrite>, ureq::Error> {
+        open_tunnel(&mut io, &self.target, self.authorization.as_deref())
+            .map_err(|e| ureq::Error::from(io::Error::other(e)))?;
+        ureq::TlsConnector::connect(&self.tls, dns_name, io)
     }
 }

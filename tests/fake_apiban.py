@@ -29,6 +29,9 @@ From Python:
   FakeApiban(tls=(cert_file, key_file)): HTTPS; srv.url says https://. A handshake the client
   refuses is counted in stats()["tls_failures"], its alert in ["last_tls_error"] (e.g.
   "... alert unknown ca"). stats()["last_via"]: the Via header of the last API request (a proxy's).
+  stats()["targets"]: the request-targets of the last 100 API requests as sent (`/api/get`, or
+  `https://host/api/get` in absolute form). FakeApiban(origin_form_only=True) answers the absolute
+  form 404, as a server that knows only the origin form does.
   stats()["headers_seen"]: the names (lowercase, sorted) of every header any API request carried;
   stats()["headers"]: the headers of the last 100 API requests, each a list of [name, value] as
   received (e.g. to show that a proxy's Proxy-Authorization never reaches the feed).
@@ -183,6 +186,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self.api_requests += 1
                 if f.requests_per_connection and self.api_requests >= f.requests_per_connection:
                     self.close_connection = True  # the next request pays for a new connection
+                with f._lock:
+                    f._stats["targets"] = (f._stats["targets"] + [self.path])[-100:]
+                if f.origin_form_only and not self.path.startswith("/"):
+                    return self._send(404, b'{"error":"not found"}')
                 self._api(method, path, raw)
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError):
             self.close_connection = True
@@ -330,8 +337,11 @@ class FakeApiban:
     """The fake server. Thread-safe; all list/fault/stats methods work while running."""
 
     def __init__(self, port=0, key=None, count=0, ips=(), batch=250, verbose=False, tls=None, first_request_delay=0.0,
-                 requests_per_connection=0, rate_limit=None):
+                 requests_per_connection=0, rate_limit=None, origin_form_only=False):
         self.port, self.key, self.batch, self.verbose = port, key or None, int(batch), verbose
+        # As a server that knows only the origin form (`POST /api/get`): a request in absolute
+        # form (`POST https://host/api/get`, what a proxy gets) is answered 404.
+        self.origin_form_only = origin_form_only
         self.tls = None
         if tls:
             self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -480,7 +490,7 @@ class FakeApiban:
             self._stats = {"requests": 0, "by_path": {}, "last_auth": None, "last_body": None,
                            "last_set": None, "last_key": None, "last_id": None, "faults_served": 0,
                            "ids": [], "times": [], "tls_failures": 0, "last_tls_error": None,
-                           "last_via": None, "headers_seen": [], "headers": []}
+                           "last_via": None, "headers_seen": [], "headers": [], "targets": []}
 
     def _tls_failed(self, e):
         with self._lock:

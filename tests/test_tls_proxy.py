@@ -202,7 +202,9 @@ class ThroughProxy(FeedCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.plain = FakeApiban(key=KEY, ips=IPS).start()
-        cls.tls = FakeApiban(key=KEY, ips=IPS, tls=cls.certs["good"]).start()
+        # A server that knows only the origin form, as many do: inside a CONNECT tunnel the
+        # request must be `POST /api/get`, never the absolute form a proxy gets.
+        cls.tls = FakeApiban(key=KEY, ips=IPS, tls=cls.certs["good"], origin_form_only=True).start()
         cls.proxy_port = free_port()
         conf = os.path.join(cls.tmp.path, "tinyproxy.conf")
         write_text(conf, "\n".join([
@@ -294,6 +296,8 @@ class ThroughProxy(FeedCase):
         # must not repeat the credentials it gave the proxy in its CONNECT.
         self.assertIsNone(self.tls.stats()["last_via"])
         self.assert_no_proxy_credentials_reached(self.tls)
+        targets = self.tls.stats()["targets"]
+        self.assertTrue(targets and all(t == "/api/get" for t in targets), targets)
 
     def test_wrong_credentials_are_the_proxys_error(self):
         for feed, extra in [(self.plain, []), (self.tls, [("ca_file", f'"{self.ca}"')])]:
