@@ -18,11 +18,18 @@ pub enum Level {
 }
 
 static HOST: AtomicPtr<apiban_host> = AtomicPtr::new(std::ptr::null_mut());
-static SECRET: OnceLock<String> = OnceLock::new();
-/// The proxy's password, redacted like the key.
-static PROXY_PASSWORD: OnceLock<String> = OnceLock::new();
-/// Fleet mode's Redis password, redacted as the key is.
-static REDIS_SECRET: OnceLock<String> = OnceLock::new();
+
+/// The secrets no message may show.
+#[derive(Clone, Copy, Debug)]
+pub enum Secret {
+    ApiKey = 0,
+    /// `proxy`'s password.
+    ProxyPassword = 1,
+    /// `redis_url`'s password.
+    RedisPassword = 2,
+}
+
+static SECRETS: [OnceLock<String>; 3] = [const { OnceLock::new() }; 3];
 
 /// Installs the host callbacks. The pointer must stay valid for the life of the process (the
 /// shims pass a static table).
@@ -35,32 +42,17 @@ fn host() -> Option<&'static apiban_host> {
     unsafe { HOST.load(Ordering::Acquire).as_ref() }
 }
 
-/// Registers the API key: from now on it is replaced by `***` in every message, whatever its
-/// length.
-pub fn set_secret(key: &str) {
-    if !key.is_empty() {
-        let _ = SECRET.set(key.to_string());
-    }
-}
-
-/// Registers the proxy's password: from now on it is replaced by `***` in every message, however
-/// short (a password is never text a message would otherwise hold).
-pub fn set_proxy_password(password: &str) {
-    if !password.is_empty() {
-        let _ = PROXY_PASSWORD.set(password.to_string());
-    }
-}
-
-/// Registers the Redis password of `redis_url`: from now on it is replaced by `***` too.
-pub fn set_redis_secret(password: &str) {
-    if !password.is_empty() {
-        let _ = REDIS_SECRET.set(password.to_string());
+/// Registers a secret: from now on it is replaced by `***` in every message, however short (a
+/// key or a password is never text a message would otherwise hold). Once per kind.
+pub fn set_secret(which: Secret, value: &str) {
+    if !value.is_empty() {
+        let _ = SECRETS[which as usize].set(value.to_string());
     }
 }
 
 pub fn redact(text: &str) -> String {
     let mut out = text.to_string();
-    for s in [SECRET.get(), PROXY_PASSWORD.get(), REDIS_SECRET.get()].into_iter().flatten() {
+    for s in SECRETS.iter().filter_map(OnceLock::get) {
         if out.contains(s.as_str()) {
             out = out.replace(s.as_str(), "***");
         }
@@ -85,6 +77,32 @@ pub fn write(level: Level, args: fmt::Arguments) {
     }
     let text = redact(&fmt::format(args));
     write_raw(level, text.as_bytes());
+}
+
+/// A line formatted on the stack (`write!` into it), cut at N bytes: for the lookup path, which
+/// must not allocate.
+pub struct StackLine<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackLine<N> {
+    pub fn new() -> Self {
+        StackLine { buf: [0; N], len: 0 }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl<const N: usize> fmt::Write for StackLine<N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let n = s.len().min(N - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
 }
 
 /// Writes bytes as they are: no allocation, no redaction. For the rate-limited messages of the
@@ -128,12 +146,23 @@ pub(crate) use {log_err, log_info, log_warn};
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_stack_line_formats_and_cuts() {
+        use std::fmt::Write;
+        let mut l = StackLine::<16>::new();
+        write!(l, "x {} more", 12345u64).unwrap();
+        assert_eq!(l.as_bytes(), b"x 12345 more");
+        write!(l, " and then some").unwrap();
+        assert_eq!(l.as_bytes(), b"x 12345 more and");
+    }
+
     /// The only test that registers a secret (it is set once per process).
     #[test]
     fn any_key_is_redacted_however_short() {
-        set_secret("k9");
+        set_secret(Secret::ApiKey, "k9");
         assert_eq!(redact("GET /api/k9/banned: refused"), "GET /api/***/banned: refused");
-        set_redis_secret("pw7");
+        set_secret(Secret::RedisPassword, "pw7");
+        set_secret(Secret::ProxyPassword, "");
         assert_eq!(redact("k9 and pw7"), "*** and ***");
     }
 }

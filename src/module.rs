@@ -52,13 +52,10 @@ pub fn init() -> Result<(), String> {
     }
     let cfg = PARAMS.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
     let settings = cfg.finish(phys_mem())?;
-    crate::log::set_secret(&settings.key);
-    if let Some(pw) = settings.cfg.proxy.as_ref().and_then(|p| p.password()) {
-        crate::log::set_proxy_password(pw);
-    }
-    if let Some(p) = settings.cfg.redis_url.as_ref().and_then(|t| t.password.as_deref()) {
-        crate::log::set_redis_secret(p);
-    }
+    use crate::log::{set_secret, Secret};
+    set_secret(Secret::ApiKey, &settings.key);
+    set_secret(Secret::ProxyPassword, settings.cfg.proxy.as_ref().and_then(|p| p.password()).unwrap_or(""));
+    set_secret(Secret::RedisPassword, settings.cfg.redis_url.as_ref().and_then(|t| t.password.as_deref()).unwrap_or(""));
     let max = settings.cfg.max_entries;
     let table = Table::new(max).map_err(|e| {
         format!("parameter 'max_entries': cannot reserve shared memory for {max} entries: {e}")
@@ -168,36 +165,19 @@ impl Module {
             return;
         }
         LAST.store(now, Relaxed);
-        let mut buf = [0u8; 200];
-        let mut n = 0;
-        let mut put = |b: &[u8]| {
-            for &c in b {
-                if n < buf.len() {
-                    buf[n] = c;
-                    n += 1;
-                }
-            }
-        };
-        put(b"apiban_check: '");
-        for &c in text.iter().take(64) {
-            put(&[if (0x20..0x7f).contains(&c) && c != b'\'' { c } else { b'?' }]);
-        }
-        put(b"' is not an IP address");
+        use std::fmt::Write;
+        let mut line = crate::log::StackLine::<200>::new();
+        let shown = text.iter().take(64).map(|&c| if (0x20..0x7f).contains(&c) && c != b'\'' { c as char } else { '?' });
+        let _ = write!(line, "apiban_check: '");
+        shown.for_each(|c| {
+            let _ = line.write_char(c);
+        });
+        let _ = write!(line, "' is not an IP address");
         let muted = MUTED.swap(0, Relaxed);
         if muted > 0 {
-            let mut digits = [0u8; 20];
-            let mut i = digits.len();
-            let mut m = muted;
-            while m > 0 {
-                i -= 1;
-                digits[i] = b'0' + (m % 10) as u8;
-                m /= 10;
-            }
-            put(b" (");
-            put(&digits[i..]);
-            put(b" more since the last message)");
+            let _ = write!(line, " ({muted} more since the last message)");
         }
-        crate::log::write_raw(crate::log::Level::Warn, &buf[..n]);
+        crate::log::write_raw(crate::log::Level::Warn, line.as_bytes());
     }
 
     pub fn admin_check(&self, text: &[u8], out: &mut apiban_verdict) {
