@@ -307,7 +307,7 @@ impl Config {
             return Ok(());
         }
         if self.node_id.is_none() {
-            let host = host_name().ok_or_else(|| err("node_id", "not set and the host name cannot be read: set node_id".into()))?;
+            let host = crate::os::host_name().ok_or_else(|| err("node_id", "not set and the host name cannot be read: set node_id".into()))?;
             self.node_id = Some(fleet_name("node_id", &host).map_err(|e| format!("{e} (the host name): set node_id"))?);
         }
         // A request lasts at most 2 × timeout and each Redis call at most timeout: a shorter
@@ -337,15 +337,6 @@ fn fleet_name(name: &str, v: &str) -> Result<String, String> {
     Ok(v.to_string())
 }
 
-fn host_name() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
-        return None;
-    }
-    let n = buf.iter().position(|&b| b == 0)?;
-    String::from_utf8(buf[..n].to_vec()).ok().filter(|h| !h.is_empty())
-}
 
 #[cfg(test)]
 mod tests {

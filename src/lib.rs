@@ -16,11 +16,11 @@ mod fleet;
 mod held;
 mod log;
 mod module;
+mod os;
 #[cfg(test)]
 mod mutate;
 mod proxy;
 mod refresher;
-mod shm;
 mod snapshot;
 mod stats;
 mod table;

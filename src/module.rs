@@ -39,11 +39,6 @@ pub fn set_param(name: &str, value: &str) -> Result<(), String> {
     p.get_or_insert_with(Config::default).set(name, value)
 }
 
-fn phys_mem() -> Option<u64> {
-    // SAFETY: sysconf has no preconditions.
-    let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
-    (pages > 0 && size > 0).then(|| pages as u64 * size as u64)
-}
 
 /// mod_init: check the parameters, make the shared table, load the snapshot.
 pub fn init() -> Result<(), String> {
@@ -51,7 +46,7 @@ pub fn init() -> Result<(), String> {
         return Ok(());
     }
     let cfg = PARAMS.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
-    let settings = cfg.finish(phys_mem())?;
+    let settings = cfg.finish(crate::os::phys_mem())?;
     use crate::log::{set_secret, Secret};
     set_secret(Secret::ApiKey, &settings.key);
     set_secret(Secret::ProxyPassword, settings.cfg.proxy.as_ref().and_then(|p| p.password()).unwrap_or(""));

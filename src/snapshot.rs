@@ -116,7 +116,7 @@ pub fn decode(data: &[u8], max_entries: usize) -> Result<Snapshot, String> {
 /// is the refresher's. The error names the directory, the user and what to do.
 pub fn check_dir(path: &Path) -> Result<(), String> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let (name, uid) = effective_user();
+    let (name, uid) = crate::os::effective_user();
     let who = match &name {
         Some(n) => format!("user {n} (uid {uid})"),
         None => format!("uid {uid}"),
@@ -142,19 +142,6 @@ pub fn check_dir(path: &Path) -> Result<(), String> {
     }
 }
 
-/// The name (when it has one) and uid of this process's effective user, for messages.
-fn effective_user() -> (Option<String>, u32) {
-    // SAFETY: geteuid has no preconditions; getpwuid_r writes only into the buffers we pass, and
-    // `pw_name` points into `buf` when it returns 0 with a non-null result.
-    unsafe {
-        let uid = libc::geteuid();
-        let mut pw: libc::passwd = std::mem::zeroed();
-        let mut buf = [0 as libc::c_char; 1024];
-        let mut res: *mut libc::passwd = std::ptr::null_mut();
-        let found = libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut res) == 0 && !res.is_null();
-        (found.then(|| std::ffi::CStr::from_ptr(pw.pw_name).to_string_lossy().into_owned()), uid)
-    }
-}
 
 pub fn save(path: &Path, s: &Snapshot) -> std::io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -198,7 +185,7 @@ pub fn remove_stale_temps(path: &Path) -> usize {
         let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
-        if pid_alive(pid) && pid as u32 != std::process::id() {
+        if crate::os::pid_alive(pid) && pid as u32 != std::process::id() {
             continue; // another running server's write in progress
         }
         if fs::remove_file(e.path()).is_ok() {
@@ -208,10 +195,6 @@ pub fn remove_stale_temps(path: &Path) -> usize {
     removed
 }
 
-fn pid_alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
-}
 
 #[cfg(test)]
 mod tests {
@@ -278,7 +261,7 @@ mod tests {
     fn the_start_check_names_a_missing_or_unwritable_directory() {
         let dir = std::env::temp_dir().join(format!("apiban-snapdir-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        let owner = match effective_user() {
+        let owner = match crate::os::effective_user() {
             (Some(n), _) => format!("{n} -g {n}"),
             (None, uid) => format!("{uid}"),
         };
@@ -301,7 +284,7 @@ mod tests {
             assert!(e.contains("cannot write in directory") && e.contains("Permission denied"), "{e}");
         }
         // SAFETY: geteuid has no preconditions.
-        assert_eq!(effective_user().1, unsafe { libc::geteuid() });
+        assert_eq!(crate::os::effective_user().1, unsafe { libc::geteuid() });
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -15,7 +15,7 @@ use crate::boundary::{
     apiban_stat_count_APIBAN_STAT_NUMBERS as APIBAN_STAT_NUMBERS, apiban_stat_count_APIBAN_STAT_TEXTS as APIBAN_STAT_TEXTS, apiban_stats,
     APIBAN_TEXT_LEN,
 };
-use crate::shm::Mapping;
+use crate::os::Mapping;
 use std::io;
 use std::mem::{offset_of, size_of};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};

@@ -36,7 +36,7 @@
 //! refresher keeps in the header, so the lookup path makes no system call.
 
 use crate::addr::Key;
-use crate::shm::Mapping;
+use crate::os::Mapping;
 use std::io;
 use std::mem::size_of;
 use std::sync::atomic::{fence, AtomicU64, Ordering::*};

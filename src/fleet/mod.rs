@@ -283,17 +283,6 @@ fn classify(e: &redis::RedisError, password: Option<&str>) -> FleetError {
     }
 }
 
-fn new_epoch() -> String {
-    let mut b = [0u8; 8];
-    // SAFETY: getrandom writes at most b.len() bytes into b.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    let mut x = u64::from_le_bytes(b);
-    if n != b.len() as isize {
-        // No entropy source: time and pid are unique enough for an epoch name.
-        x = crate::clock::unix_now() << 20 ^ std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
-    }
-    format!("{x:016x}")
-}
 
 /// What a lease of `lease` surely still covers `rtt` after its renewal was sent: less a margin
 /// for two clocks that do not run at exactly the same rate (0.1 s and 1 %).
@@ -306,6 +295,11 @@ fn covered(lease: Duration, rtt: Duration) -> Duration {
 pub struct Reserved {
     pub name: String,
     pub deadline: Duration,
+}
+
+/// A name no other write or process will have: 16 hex digits.
+fn new_epoch() -> String {
+    format!("{:016x}", crate::os::random_u64())
 }
 
 fn ms(d: Duration) -> u64 {

@@ -22,7 +22,7 @@ use crate::log::{log_info, log_warn};
 use crate::clock::unix_now;
 use crate::stats::{num, text};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,33 +149,12 @@ fn schedule_from(at: u64, period: u64, now: u64) -> Duration {
 /// How long a leader waits before it writes the whole list again after a refused write.
 const PUBLISH_RETRY: Duration = Duration::from_secs(5);
 
-/// Set by SIGTERM/SIGINT in the refresher of a fleet node: it lets its lease go, then exits.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop(_: libc::c_int) {
-    STOP.store(true, Relaxed);
-}
-
-/// The hosts end their children at once on SIGTERM; a leader that did so would leave its lease
-/// to expire (`leader_ttl` without a leader). The refresher's own handler only sets a flag that
-/// the loop sees within a tick. Installed in the refresher process only, in fleet mode only.
-fn install_stop_handler() {
-    // SAFETY: a handler that only stores to an atomic is async-signal-safe; the sigaction
-    // struct is fully initialised (zeroed, then the handler and an empty mask).
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_stop as *const () as libc::sighandler_t;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
-        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
-    }
-}
 
 impl FleetNode {
     pub(super) fn new(s: &Settings) -> Option<FleetNode> {
         let fs = fleet_settings(s)?;
         let fingerprint = fs.fingerprint.clone();
-        install_stop_handler();
+        crate::os::install_stop_handler();
         log_info!("fleet mode: node '{}' in fleet '{}' at {}, lease {} s", fs.node_id, fs.prefix, fs.target, fs.leader_ttl.as_secs());
         let fallback = Some(Duration::from_secs(s.cfg.fleet_fallback)).filter(|d| !d.is_zero());
         Some(FleetNode {
@@ -222,13 +201,12 @@ impl Refresher<'_> {
     }
 
     fn tick(&mut self, f: &mut FleetNode) -> bool {
-        if STOP.load(Relaxed) {
+        if crate::os::stop_requested() {
             if f.role == Role::Leader {
                 f.client.release();
                 log_info!("stopping: the fleet's lease is released");
             }
-            // SAFETY: ends this process at once, as the host's own handler would have.
-            unsafe { libc::_exit(0) };
+            crate::os::exit_now();
         }
         if f.role == Role::Leader {
             self.fleet_lead(f);
