@@ -120,6 +120,12 @@ chmod 0644 "$moddir/apiban.so"
 install -m 0644 kamailio-cfg/kamailio.cfg "$docdir/examples/kamailio.cfg"
 gzip -9n -c README.md > "$docdir/README.md.gz"
 chmod 0644 "$docdir/README.md.gz"
+# The guides the README links to, beside it as in the repository.
+install -d -m 0755 "$docdir/docs"
+for f in docs/*.md; do
+    gzip -9n -c "$f" > "$docdir/docs/$(basename "$f").gz"
+    chmod 0644 "$docdir/docs/$(basename "$f").gz"
+done
 cat > "$docdir/copyright" <<EOF
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: apiban

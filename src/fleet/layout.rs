@@ -1,7 +1,7 @@
 //! The fleet's data in Redis: key names, the format, the scripts that change it, and the
 //! pure decoding of what Redis answers (so that garbage is refused here, and unit-tested).
 //!
-//! The keys under `<prefix>` are `Keys`; their types, expiries and contents are in README.md's
+//! The keys under `<prefix>` are `Keys`; their types, expiries and contents are in docs/fleet.md's
 //! "The data in Redis", which a test below holds to `Keys`, `STAGING_TTL_S`, `LOG_KEEP`,
 //! `META_FIELDS` and `FORMAT`. Each script says its KEYS and ARGV beside its text.
 //!
@@ -485,7 +485,7 @@ mod tests {
     }
 
     /// Every key of the layout: its name under the prefix, its Redis type and its expiry, as
-    /// README.md's "The data in Redis" table shows them to operators (a test holds the two together).
+    /// docs/fleet.md's "The data in Redis" table shows them to operators (a test holds the two together).
     const KEY_TABLE: [(&str, &str, &str); 7] = [
         ("leader", "string", "`leader_ttl`"),
         ("fence", "string (integer)", "none"),
@@ -498,10 +498,10 @@ mod tests {
 
     #[test]
     fn the_readme_shows_the_layout_as_it_is() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../docs/fleet.md");
         for (name, kind, expiry) in KEY_TABLE {
             let row = format!("| `apiban:{name}` | {kind} | {expiry} |");
-            assert!(readme.contains(&row), "README.md lacks the row {row}");
+            assert!(readme.contains(&row), "docs/fleet.md lacks the row {row}");
         }
         let k = Keys::new("apiban");
         for key in [&k.leader, &k.fence, &k.requests, &k.meta, &k.list, &k.log, &k.staging(7)] {
@@ -513,7 +513,7 @@ mod tests {
         let meta_row = readme.lines().find(|l| l.starts_with("| `apiban:meta`")).unwrap();
         assert!(meta_row.contains(&format!("`{FORMAT}`")), "{meta_row}");
         for f in META_FIELDS {
-            assert!(meta_row.contains(&format!("`{f}`")), "README's meta row lacks `{f}`");
+            assert!(meta_row.contains(&format!("`{f}`")), "docs/fleet.md's meta row lacks `{f}`");
         }
     }
 
