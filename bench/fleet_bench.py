@@ -191,14 +191,19 @@ class Fleet:
         leader = resp(args) + len("*1\r\n:12345\r\n")
         raw = subprocess.run([REDIS_CLI, "-p", str(self.redis.port), "--raw", "XREVRANGE", "apiban:log", "+", "-",
                               "COUNT", "10"], capture_output=True, text=True).stdout.split("\n")
-        # Entries of 5 lines: id, add, its value, del, its value.
-        for i in range(0, len(raw) - 4, 5):
-            if f"{ip}=" in raw[i + 2]:
-                entry = raw[i:i + 5]
+        # Each entry: its id, then field, value lines (writer, add, del; or writer, full).
+        for i, line in enumerate(raw):
+            if not re.fullmatch(r"\d+-\d+", line):
+                continue
+            fields, j = [], i + 1
+            while j + 1 < len(raw) and raw[j] in ("writer", "add", "del", "full"):
+                fields += raw[j:j + 2]
+                j += 2
+            if any(f"{ip}=" in v for v in fields[1::2]):
                 break
         else:
             raise AssertionError(f"no log entry with {ip}")
-        per_follower = len("*2\r\n") + resp([entry[0]]) - len("*1\r\n") + resp(entry[1:])
+        per_follower = len("*2\r\n") + resp([line]) - len("*1\r\n") + resp(fields)
         return leader + len(self.followers) * per_follower
 
     def memory(self):
