@@ -349,7 +349,8 @@ def main():
     ap.add_argument("--tiny", action="store_true")
     a = ap.parse_args()
     sizes = [2000] if a.tiny else [20_000, 1_000_000]
-    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), None)
+    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(), "cpu": cpu,
                "loadavg_start": float(open("/proc/loadavg").read().split()[0]),
                "sizes": [run(n, a.module, 2 if a.tiny else 7, 200 if a.tiny else 10_000, 2 if a.tiny else 3)
                          for n in sizes]}

@@ -277,8 +277,8 @@ def fleet_section(sizes, summary, run=None):
                     "–", "–", "–", ""))
     la = [x for x in (run.get("loadavg_start"), run.get("loadavg_end")) if x is not None]
     when = (f"Measured on {run['date']}, " if run.get("date") else "Measured ") + \
-        (f"on this machine ({run['cores']} cores, shared" if run.get("cores") else "on this machine (shared") + \
-        (f"; load average {la[0]:.1f} at the start of the fleet run, {la[-1]:.1f} at its end). " if la else "). ")
+        f"on {run.get('cpu') or machine()['cpu']}, {run.get('cores') or os.cpu_count()} cores, shared" + \
+        (f" (load average {la[0]:.1f} at the start of the fleet run, {la[-1]:.1f} at its end). " if la else ". ")
     first_j = joined[0]["joiner"]
     out.append("")
     out.append(when + "With the leader and the three followers holding the whole list, a new Kamailio node joins: "
