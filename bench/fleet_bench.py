@@ -13,7 +13,11 @@ Writes DIR/fleet.json with, for each N:
 - Redis memory per entry: MEMORY USAGE of the list (sorted set) and of the whole fleet's keys, / N;
 - Redis traffic per incremental sync of 10 new addresses: total_net_input_bytes +
   total_net_output_bytes of INFO stats over windows holding one such sync, less windows without
-  one (the followers' polls), alternated, medians; beside the size of the whole list.
+  one (the followers' polls), alternated, medians; beside the size of the whole list;
+- joiners: with the leader and the followers holding the whole list, a new node (fresh: no
+  snapshot) is started, several times, one at a time: from its process start to its table holding
+  all N entries, and from its first answered SIP request to it refusing the newest and the oldest
+  listed address (SIP OPTIONS with X-Real-IP, both in each round of a tight loop); its refresher's CPU.
 
 Standard library (and redis-cli). Every process started here is stopped by PID.
 """
@@ -22,10 +26,12 @@ import argparse
 import json
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
 import time
+import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
@@ -54,6 +60,44 @@ def cpu_s(pid):
         return int(f.read().split()[0]) / 1e9
 
 
+def probe_round(port, addrs, timeout):
+    """One OPTIONS per address in `addrs`, each carrying it in X-Real-IP, sent together from one
+    socket: {address: (status code, time.monotonic() of the reply)}, without the unanswered."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        lport = s.getsockname()[1]
+        ids = {}
+        for a in addrs:
+            cid = uuid.uuid4().hex
+            ids[cid] = a
+            s.sendto((f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
+                      f"Via: SIP/2.0/UDP 127.0.0.1:{lport};branch=z9hG4bK{cid[:12]}\r\n"
+                      "Max-Forwards: 70\r\n"
+                      f"From: <sip:bench@127.0.0.1>;tag={cid[:8]}\r\n"
+                      f"To: <sip:127.0.0.1:{port}>\r\n"
+                      f"Call-ID: {cid}\r\n"
+                      "CSeq: 1 OPTIONS\r\n"
+                      f"X-Real-IP: {a}\r\n"
+                      "Content-Length: 0\r\n\r\n").encode(), ("127.0.0.1", port))
+        got = {}
+        deadline = time.monotonic() + timeout
+        while len(got) < len(addrs):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            s.settimeout(left)
+            try:
+                data = s.recv(65535).decode(errors="replace")
+            except socket.timeout:
+                break
+            now = time.monotonic()
+            m = re.match(r"SIP/2\.0 (\d{3})", data)
+            c = re.search(r"^Call-ID:\s*(\S+)", data, re.M | re.I)
+            if m and c and c.group(1) in ids:
+                got[ids[c.group(1)]] = (int(m.group(1)), now)
+        return got
+
+
 def redis_traffic(r):
     info = r.cli("INFO", "stats")
     get = lambda k: int(re.search(rf"^{k}:(\d+)", info, re.M).group(1))  # noqa: E731
@@ -70,7 +114,7 @@ class Fleet:
         self.nodes = []
         self.module = module
 
-    def node(self, name):
+    def node(self, name, start=True):
         d = os.path.join(self.tmp.path, name)
         os.makedirs(d, exist_ok=True)
         k = Kamailio(d, self.feed.url, key=KEY, module=self.module, defines={
@@ -81,7 +125,7 @@ class Fleet:
         }, modparams=[("max_entries", self.n + 100_000), ("timeout", 30), ("leader_ttl", '"90"')])
         k.name = name
         self.nodes.append(k)
-        return k.start()
+        return k.start() if start else k
 
     def start(self):
         t = time.monotonic()
@@ -191,15 +235,77 @@ class Fleet:
         leader = resp(args) + len("*1\r\n:12345\r\n")
         raw = subprocess.run([REDIS_CLI, "-p", str(self.redis.port), "--raw", "XREVRANGE", "apiban:log", "+", "-",
                               "COUNT", "10"], capture_output=True, text=True).stdout.split("\n")
-        # Entries of 5 lines: id, add, its value, del, its value.
-        for i in range(0, len(raw) - 4, 5):
-            if f"{ip}=" in raw[i + 2]:
-                entry = raw[i:i + 5]
+        # Each entry: its id, then field, value lines (writer, add, del; or writer, full).
+        for i, line in enumerate(raw):
+            if not re.fullmatch(r"\d+-\d+", line):
+                continue
+            fields, j = [], i + 1
+            while j + 1 < len(raw) and raw[j] in ("writer", "add", "del", "full"):
+                fields += raw[j:j + 2]
+                j += 2
+            if any(f"{ip}=" in v for v in fields[1::2]):
                 break
         else:
             raise AssertionError(f"no log entry with {ip}")
-        per_follower = len("*2\r\n") + resp([entry[0]]) - len("*1\r\n") + resp(entry[1:])
+        per_follower = len("*2\r\n") + resp([line]) - len("*1\r\n") + resp(fields)
         return leader + len(self.followers) * per_follower
+
+    def joiners(self, count):
+        """New nodes joining a fleet that holds the whole list: each started fresh (its own
+        directory, no snapshot), measured, stopped, before the next. Times in seconds."""
+        held = int(self.redis.cli("ZCARD", "apiban:list"))
+        # By score (the listing time), ties by address: the same order the module reads in.
+        oldest = self.redis.cli("ZRANGE", "apiban:list", "0", "0").split()[0]
+        newest = self.redis.cli("ZRANGE", "apiban:list", "-1", "-1").split()[0]
+        out = []
+        for j in range(1, count + 1):
+            k = self.node(f"joiner-{j}", start=False)
+            t0 = time.monotonic()
+            k.start(wait=False)
+            answered = refused_new = refused_old = None
+            deadline = t0 + 600
+            try:
+                while (refused_new is None or refused_old is None) and time.monotonic() < deadline:
+                    if not k.proc.alive():
+                        raise AssertionError(f"{k.name} exited:\n" + k.proc.output()[-3000:])
+                    got = probe_round(k.port, (newest, oldest), timeout=0.05)
+                    if got and answered is None:
+                        answered = min(t for _, t in got.values())
+                    code, t = got.get(newest, (None, None))
+                    if code == 403 and refused_new is None:
+                        refused_new = t
+                    code, t = got.get(oldest, (None, None))
+                    if code == 403 and refused_old is None:
+                        refused_old = t
+                    time.sleep(0.002)
+                if refused_new is None or refused_old is None:
+                    raise AssertionError(f"{k.name} did not refuse {newest} and {oldest} in 600 s")
+                whole = max(refused_new, refused_old)
+                # The list is read whole, in one MULTI, and published at once: both ends refused is
+                # the whole list held. Checked:
+                st = k.stats()
+                if st["entries"] != held:
+                    raise AssertionError(f"{k.name} holds {st['entries']} entries, Redis {held}")
+                pid = refresher_pid(k)
+                cpu = cpu_s(pid)
+                time.sleep(1.0)
+                cpu_later = cpu_s(pid)
+            finally:
+                k.stop()
+                self.nodes.remove(k)
+            out.append({"start_to_whole_s": whole - t0, "start_to_first_answer_s": answered - t0,
+                        "answer_to_newest_s": refused_new - answered, "answer_to_oldest_s": refused_old - answered,
+                        "refresher_cpu_s": cpu, "refresher_cpu_1s_later_s": cpu_later})
+            log(f"N={self.n}: {k.name}: whole list {whole - t0:.2f} s after start, newest refused "
+                f"{(refused_new - answered) * 1000:.0f} ms and oldest {(refused_old - answered) * 1000:.0f} ms "
+                f"after its first answer; refresher CPU {cpu * 1000:.0f} ms")
+            time.sleep(0.5)
+
+        def agg(key):
+            v = [d[key] for d in out]
+            return {"median": statistics.median(v), "max": max(v)}
+        return {"joiners": count, "entries": held, "newest": newest, "oldest": oldest, "samples": out,
+                **{k: agg(k) for k in out[0]}}
 
     def memory(self):
         list_b = int(self.redis.cli("MEMORY", "USAGE", "apiban:list", "SAMPLES", "0"))
@@ -212,13 +318,17 @@ class Fleet:
                 "full_read_bytes_est": entries * 2 * (len("$12\r\n") + 14 + 2)}
 
 
-def run(n, module, rounds, cpu_d):
+def run(n, module, rounds, cpu_d, joiners):
     tmp = TempDir(f"fleet-bench-{n}")
     fleet = Fleet(tmp, n, module)
     try:
         fleet.start()
         res = {"n": n, "followers": 3}
         res["memory"] = fleet.memory()
+        res["joiner"] = fleet.joiners(joiners)
+        j = res["joiner"]
+        log(f"N={n}: a joiner holds the whole list {j['start_to_whole_s']['median']:.2f} s after its start (median of "
+            f"{joiners}, max {j['start_to_whole_s']['max']:.2f} s)")
         lat = fleet.latency(rounds)
         res["latency_s"] = {"samples": lat, "median": statistics.median(lat), "max": max(lat)}
         log(f"N={n}: publish to last follower: median {statistics.median(lat) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms")
@@ -239,7 +349,12 @@ def main():
     ap.add_argument("--tiny", action="store_true")
     a = ap.parse_args()
     sizes = [2000] if a.tiny else [20_000, 1_000_000]
-    results = {"sizes": [run(n, a.module, 2 if a.tiny else 7, 200 if a.tiny else 10_000) for n in sizes]}
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), None)
+    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(), "cpu": cpu,
+               "loadavg_start": float(open("/proc/loadavg").read().split()[0]),
+               "sizes": [run(n, a.module, 2 if a.tiny else 7, 200 if a.tiny else 10_000, 2 if a.tiny else 3)
+                         for n in sizes]}
+    results["loadavg_end"] = float(open("/proc/loadavg").read().split()[0])
     with open(os.path.join(a.out, "fleet.json"), "w") as f:
         json.dump(results, f, indent=1)
 

@@ -222,10 +222,12 @@ def chart(path, series, title):
 
 # ---- the report ---------------------------------------------------------------------------------
 
-def fleet_section(sizes, summary):
-    """Section 5 from fleet.json; adds the latency at 20 k (or the smallest size) to the summary."""
+def fleet_section(sizes, summary, run=None):
+    """Section 5 from fleet.json (`sizes`; `run`: the file's date, cores, load average); adds the
+    latency at 20 k (or the smallest size) and a joiner's time at the largest size to the summary."""
     if not sizes:
         return ["Not run."]
+    run = run or {}
     out = ["| entries | publish → last of 3 followers, median (max) | follower CPU per address synced | "
            "Redis memory per entry (list / all keys) | Redis traffic of a 10-address sync | the whole list, read once |",
            "|---|---|---|---|---|---|"]
@@ -257,6 +259,44 @@ def fleet_section(sizes, summary):
                f"{len(first['traffic']['exact'])} syncs; beside it, what reading the whole list once would cost "
                "(fleet.json also has Redis's own byte counters over windows with and without a sync: too noisy to "
                "publish, they move with the polls a follower skips while it rebuilds a big table).")
+    joined = [d for d in sizes if d.get("joiner")]
+    if not joined:
+        return out
+    out += ["", "### A joiner: time to hold the whole list", "",
+            "| entries | start → whole list held, median (max) | start → first SIP answer | "
+            "first answer → newest refused | first answer → oldest refused | joiner's refresher CPU |",
+            "|---|---|---|---|---|---|"]
+    for d in joined:
+        j = d["joiner"]
+        mm = lambda k, b="": f"{b}{dur(j[k]['median'])}{b} ({dur(j[k]['max'])})"  # noqa: E731
+        out.append(f"| {size_n(d['n'])} | {mm('start_to_whole_s', '**')} | {mm('start_to_first_answer_s')} | "
+                   f"{mm('answer_to_newest_s')} | {mm('answer_to_oldest_s')} | {mm('refresher_cpu_s')} |")
+    last = joined[-1]
+    summary.append((f"Fleet: a new node holds the whole list, {size_n(last['n'])} entries, from its start "
+                    f"(median of {last['joiner']['joiners']})", dur(last["joiner"]["start_to_whole_s"]["median"]),
+                    "–", "–", "–", ""))
+    la = [x for x in (run.get("loadavg_start"), run.get("loadavg_end")) if x is not None]
+    when = (f"Measured on {run['date']}, " if run.get("date") else "Measured ") + \
+        f"on {run.get('cpu') or machine()['cpu']}, {run.get('cores') or os.cpu_count()} cores, shared" + \
+        (f" (load average {la[0]:.1f} at the start of the fleet run, {la[-1]:.1f} at its end). " if la else ". ")
+    first_j = joined[0]["joiner"]
+    out.append("")
+    out.append(when + "With the leader and the three followers holding the whole list, a new Kamailio node joins: "
+               "the same config, its own directory (no snapshot), `max_entries` above N. It is started "
+               f"{first_j['joiners']} times per size, one at a time, each stopped before the next; median (max). "
+               "*Start → whole list held*: from spawning the process to the first moment it refused both the newest "
+               "listed address and the oldest (by listing time), over SIP: OPTIONS carrying the address in "
+               "`X-Real-IP` (the sample config's second check), both sent together from one socket in each round, a round "
+               "every ~3 ms. The joiner "
+               "reads the list in one MULTI (HMGET of the meta, ZCARD, `ZRANGE … +inf -inf BYSCORE REV LIMIT 0 "
+               "max_entries WITHSCORES`) and publishes its table whole, so both ends refused is the whole list held; "
+               "`apiban.stats` then confirmed N entries each time. *First answer → refused*: from the node's first "
+               "SIP reply of any kind (Kamailio's workers answer, unrefused, before the refresher has the list); "
+               "the resolution is one round (~3 ms): a figure below a millisecond is only the gap between the two "
+               "replies of the first answered round, the list was already held when SIP was first answered. "
+               "*Refresher CPU*: the joiner's refresher process (schedstat), from its start to that "
+               "moment: connecting, taking its place as a follower, the read, decoding, building and publishing "
+               "the table.")
     return out
 
 
@@ -275,7 +315,8 @@ def main():
     cg = (load_json(os.path.join(R, "callgrind.json")) or {}).get("callgrind")
     tput = (load_json(os.path.join(R, "throughput.json")) or {}).get("throughput")
     rel = (load_json(os.path.join(R, "reload.json")) or {}).get("reload")
-    fleet = (load_json(os.path.join(R, "fleet.json")) or {}).get("sizes")
+    fleet_run = load_json(os.path.join(R, "fleet.json")) or {}
+    fleet = fleet_run.get("sizes")
     mach, ver = machine(), versions()
     la = [runinfo.get("loadavg_start")]
     for part in ("load", "callgrind", "throughput", "reload"):
@@ -799,7 +840,7 @@ def main():
         sec4.append("Not run.")
 
     # ================= 5. fleet mode
-    sec5 = fleet_section(fleet, summary)
+    sec5 = fleet_section(fleet, summary, fleet_run)
 
     # ================= write
     date = runinfo.get("date", "")
@@ -896,7 +937,7 @@ def main():
         raw = {"run": runinfo, "machine": mach, "versions": ver,
                "criterion": {f"{g}/{b}": v for (g, b), v in sorted(crit.items())},
                "micro": micro, "kamailio": {"load": kload, "callgrind": cg, "throughput": tput, "reload": rel},
-               "fleet": fleet}
+               "fleet": fleet, "fleet_run": {k: v for k, v in fleet_run.items() if k != "sizes"}}
         with open(a.raw, "w") as f:
             json.dump(raw, f, indent=1, sort_keys=True)
     print(f"report: {a.markdown}, chart {a.chart} ({chart_how})", file=sys.stderr)
