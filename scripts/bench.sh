@@ -2,11 +2,11 @@
 # Every benchmark of the apiban module beside the script approach it replaces, in one run:
 #   1. lookup micro-benchmark of the shared table, beside a pointer chase (benches/lookup.rs, criterion)
 #   2. parse + publish of 1 k … 1 M addresses (benches/load.rs)
-#   3. the real Kamailio, module against bench/script-approach.cfg, same fake feed: load CPU and
+#   3. the real Kamailio, module against benches/servers/script-approach.cfg, same fake feed: load CPU and
 #      wall time, instructions per request (callgrind), sipp throughput, shared memory per entry
-#   4. SIP round-trip times while the table is replaced every second (bench/kamailio_bench.py)
-#   5. fleet mode: publish to last follower, follower CPU, Redis memory and traffic (bench/fleet_bench.py)
-# then writes BENCHMARKS.md and bench/load-cpu.png (bench/report.py), and bench/results.json.
+#   4. SIP round-trip times while the table is replaced every second (benches/servers/kamailio_bench.py)
+#   5. fleet mode: publish to last follower, follower CPU, Redis memory and traffic (benches/servers/fleet_bench.py)
+# then writes BENCHMARKS.md and benches/servers/load-cpu.png (benches/servers/report.py), and benches/servers/results.json.
 #
 #   bash scripts/bench.sh          full run, ~20 minutes (the fleet part ~5)
 #   bash scripts/bench.sh --tiny   tiny sizes, a couple of minutes; keeps it working in CI and writes
@@ -66,12 +66,12 @@ echo "== 3, 4. the real Kamailio: module against the script approach"
 kargs=(--module "$module" --out "$results")
 [[ -n ${APIBAN_BENCH_KEEP:-} ]] && kargs+=(--keep)
 [[ -n $tiny ]] && kargs+=(--tiny)
-"$PYTHON" bench/kamailio_bench.py "${kargs[@]}"
+"$PYTHON" benches/servers/kamailio_bench.py "${kargs[@]}"
 
 echo "== 5. fleet mode: one leader and three followers on one Redis"
 fargs=(--module "$module" --out "$results")
 [[ -n $tiny ]] && fargs+=(--tiny)
-"$PYTHON" bench/fleet_bench.py "${fargs[@]}"
+"$PYTHON" benches/servers/fleet_bench.py "${fargs[@]}"
 
 "$PYTHON" - "$results/run.json" "$start" <<'EOF'
 import json, sys, time
@@ -82,7 +82,7 @@ json.dump(d, open(sys.argv[1], "w"))
 EOF
 
 if [[ -n $tiny ]]; then
-    "$PYTHON" bench/report.py --results "$results" --markdown "$results/BENCHMARKS.md" --chart "$results/load-cpu.png"
+    "$PYTHON" benches/servers/report.py --results "$results" --markdown "$results/BENCHMARKS.md" --chart "$results/load-cpu.png"
     # Every part must have produced its figures.
     grep -q '^| Kamailio CPU to load' "$results/BENCHMARKS.md"
     if grep -q '^Not run\.' "$results/BENCHMARKS.md"; then
@@ -95,6 +95,6 @@ fi
 # The chart: matplotlib from PyPI when it is missing (gnuplot is the fallback in report.py).
 "$PYTHON" -c 'import matplotlib' 2>/dev/null || "$PYTHON" -m pip install -q matplotlib >/dev/null 2>&1 ||
     echo "bench: matplotlib could not be installed; the chart falls back to gnuplot" >&2
-"$PYTHON" bench/report.py --results "$results" --markdown BENCHMARKS.md --chart bench/load-cpu.png \
-    --raw bench/results.json
-echo "bench: BENCHMARKS.md, bench/load-cpu.png and bench/results.json written in $(($(date +%s) - start)) s"
+"$PYTHON" benches/servers/report.py --results "$results" --markdown BENCHMARKS.md --chart benches/servers/load-cpu.png \
+    --raw benches/servers/results.json
+echo "bench: BENCHMARKS.md, benches/servers/load-cpu.png and benches/servers/results.json written in $(($(date +%s) - start)) s"

@@ -2,7 +2,7 @@
 """Fleet mode's figures (issue 12): one leader and three follower Kamailio nodes sharing one
 redis-server, fed by the fake APIBAN feed, for a list of N entries (20 k and 1 M; --tiny: 2 k).
 
-    python3 bench/fleet_bench.py --module PATH --out DIR [--tiny]
+    python3 benches/servers/fleet_bench.py --module PATH --out DIR [--tiny]
 
 Writes DIR/fleet.json with, for each N:
 - latency: from the leader's publish (the time Redis received its delta script, read from
@@ -33,7 +33,7 @@ import sys
 import time
 import uuid
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 from harness import FakeApiban, Kamailio, Proc, TempDir, sip_options, wait_until  # noqa: E402

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Side-by-side benchmarks in the real Kamailio: the apiban module against the script approach it
-replaces (bench/script-approach.cfg), both fed by the same fake APIBAN server (tests/fake_apiban.py).
+replaces (benches/servers/script-approach.cfg), both fed by the same fake APIBAN server (tests/fake_apiban.py).
 
-    python3 bench/kamailio_bench.py --module PATH --out DIR [--tiny] [PART ...]
+    python3 benches/servers/kamailio_bench.py --module PATH --out DIR [--tiny] [PART ...]
 
 PART is any of: load callgrind throughput reload (default: all). Each part writes DIR/<part>.json.
 
@@ -11,7 +11,7 @@ PART is any of: load callgrind throughput reload (default: all). Each part write
   N = 1k, 5k, 20k; shared memory per entry (htable: core.shmmem real_used before and after; module:
   the resident size of its table mapping, /proc/<refresher>/smaps).
 - callgrind: instructions per SIP request under callgrind with -x tlsf, for each check of
-  bench/callgrind.cfg, and the module's inclusive cost per call of its script functions.
+  benches/servers/callgrind.cfg, and the module's inclusive cost per call of its script functions.
 - throughput: sipp at its maximum rate against the sample config with and without the check, in
   alternated rounds, under TLSF; then the same pair and a control under Kamailio's default qm.
 - reload: SIP round-trip times at a fixed rate while the table is replaced every second, and
@@ -35,8 +35,8 @@ import sys
 import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(REPO, "bench")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.path.join(REPO, "benches", "servers")
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 from harness import (KAMAILIO_CFG, FakeApiban, Kamailio, Proc, TempDir, free_port,  # noqa: E402
@@ -528,7 +528,7 @@ def part_callgrind(args, out):
 
 def strip_checks(text, keep_source_check):
     """The sample config without its X-Real-IP check, and without the source check unless kept.
-    Its log_prefix (formatted for every message) goes too, as bench/script-approach.cfg has none:
+    Its log_prefix (formatted for every message) goes too, as benches/servers/script-approach.cfg has none:
     the routes are compared, not the logging."""
     text = re.sub(r'^log_prefix=.*\n', '', text, flags=re.M)
     text = re.sub(r"\n\t# Behind a trusted load balancer.*?\n\t}\n", "\n", text, flags=re.S)
