@@ -273,7 +273,12 @@ class TestFleetLifecycle(unittest.TestCase):
 
     # ---- checks ----------------------------------------------------------------------------
     def check_heal(self, label, healed):
-        """Every live node refuses every address listed at `healed` within HEAL_BOUND of it."""
+        """Every live node refuses every address listed at `healed` within HEAL_BOUND of it.
+
+        KNOWN PRODUCT ISSUE (the bound stays as issue 15 states it): after Redis stopped for 2 to
+        4 s, each node's Redis retry backoff has grown to its cap, max(interval, 5 s) in
+        src/refresher/fleet.rs (the README says "up to interval"), so the first call after the
+        heal may come 5 s later and the fleet converges in 6 to 7 s (seed 1, 120 s: 6.5 s)."""
         listed = [ip for ip, _ in self.feed.entries()]
         nodes = self.live()
         pending = {m.name: list(listed) for m in nodes}
@@ -469,7 +474,11 @@ class TestFleetLifecycle(unittest.TestCase):
         for t in self.threads:
             t.join(10)
 
-        # The budget, as the feed counts it.
+        # The budget, as the feed counts it. KNOWN PRODUCT BUG (to fix in src/, not here): after
+        # FLUSHALL or Redis restarted empty the fleet's request history is gone, and a node other
+        # than the last leader that takes the lease knows none of that leader's recent requests:
+        # it asks at once, a 5th request in 10 s, a 429 and a 23 s backoff (seed 424242, at 49.6 s
+        # and 361.2 s; tests/repro_flush_budget.py reproduces it alone).
         requests = self.check_one_talker()
         worst = self.feed.worst_window(RATE[1])
         if worst > RATE[0]:
