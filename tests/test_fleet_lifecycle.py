@@ -250,6 +250,11 @@ class TestFleetLifecycle(unittest.TestCase):
                 s = parse_kamcmd_struct(out)
                 if "entries" not in s:
                     continue
+                # KNOWN PRODUCT BUG (to fix in src/): a leader that lost the lease mid-pull (a
+                # FLUSHALL) holds addresses its unfinished pull brought, with its last ID not yet
+                # moved; the new leader's full list, same last ID, replaces its table and drops
+                # them (seed 20251207: node-a 31 -> 30 entries at 18.5 s, 127.0.1.1 let through
+                # for 33.8 s).
                 if s["entries"] < m.most:
                     self.violate(f"{m.name} (incarnation {inc}) holds {s['entries']} entries, it held {m.most}")
                 m.most = max(m.most, s["entries"])
