@@ -35,6 +35,9 @@ From Python:
   stats()["headers_seen"]: the names (lowercase, sorted) of every header any API request carried;
   stats()["headers"]: the headers of the last 100 API requests, each a list of [name, value] as
   received (e.g. to show that a proxy's Proxy-Authorization never reaches the feed).
+  FakeApiban(identify=fn): fn((client_ip, client_port)) is called for each API request while its
+  connection is open, and what it returns is recorded in stats()["who"], index for index with
+  ["times"] (None without identify). stats()["limited"]: the 429s the rate_limit answered.
 """
 import argparse
 import bisect
@@ -232,12 +235,17 @@ class _Handler(BaseHTTPRequestHandler):
                 idv, setname = body.get("id"), body.get("set")
         elif method == "GET" and m:  # v1: key in the path, ID optional
             key, idv = unquote(m.group(1)), (m.group(2) or None)
-        f._record(path, auth, body, setname, key, idv, via=self.headers.get("Via"), headers=self.headers.items())
+        t = time.time()
+        who = f.identify(self.client_address) if f.identify else None
+        f._record(path, auth, body, setname, key, idv, via=self.headers.get("Via"), headers=self.headers.items(), t=t,
+                  who=who)
         if not (m or path.rstrip("/") == "/api/get") or (m and method != "GET"):
             return self._send(404, {"ipaddress": "not found", "ID": "none"})
         if not key or (f.key is not None and key != f.key):
             return self._send(403, UNAUTHORIZED)  # bad key: always 403, consumes no fault
         if f.over_rate_limit():
+            with f._lock:
+                f._stats["limited"] += 1
             return self._send(429, RATE_LIMITED)
 
         fault = f._take_fault(idv) or {"mode": None}
@@ -337,7 +345,7 @@ class FakeApiban:
     """The fake server. Thread-safe; all list/fault/stats methods work while running."""
 
     def __init__(self, port=0, key=None, count=0, ips=(), batch=250, verbose=False, tls=None, first_request_delay=0.0,
-                 requests_per_connection=0, rate_limit=None, origin_form_only=False):
+                 requests_per_connection=0, rate_limit=None, origin_form_only=False, identify=None):
         self.port, self.key, self.batch, self.verbose = port, key or None, int(batch), verbose
         # As a server that knows only the origin form (`POST /api/get`): a request in absolute
         # form (`POST https://host/api/get`, what a proxy gets) is answered 404.
@@ -353,6 +361,7 @@ class FakeApiban:
         self.first_request_delay = float(first_request_delay)
         self.requests_per_connection = int(requests_per_connection)
         self.rate_limit = rate_limit
+        self.identify = identify  # fn((ip, port)) -> who sent an API request (see the docstring)
         self._lock = threading.Lock()
         self._conns = set()
         self._server = self._thread = None
@@ -490,14 +499,15 @@ class FakeApiban:
             self._stats = {"requests": 0, "by_path": {}, "last_auth": None, "last_body": None,
                            "last_set": None, "last_key": None, "last_id": None, "faults_served": 0,
                            "ids": [], "times": [], "tls_failures": 0, "last_tls_error": None,
-                           "last_via": None, "headers_seen": [], "headers": [], "targets": []}
+                           "last_via": None, "headers_seen": [], "headers": [], "targets": [], "who": [],
+                           "limited": 0}
 
     def _tls_failed(self, e):
         with self._lock:
             self._stats["tls_failures"] += 1
             self._stats["last_tls_error"] = str(e)
 
-    def _record(self, path, auth, body, setname, key, idv, via=None, headers=()):
+    def _record(self, path, auth, body, setname, key, idv, via=None, headers=(), t=None, who=None):
         with self._lock:
             s = self._stats
             s["last_via"] = via
@@ -508,7 +518,8 @@ class FakeApiban:
             s["by_path"][path] = s["by_path"].get(path, 0) + 1
             s.update(last_auth=auth, last_body=body, last_set=setname, last_key=key, last_id=idv)
             s["ids"] = (s["ids"] + [None if idv is None else str(idv)])[-1000:]
-            s["times"] = (s["times"] + [time.time()])[-1000:]
+            s["times"] = (s["times"] + [time.time() if t is None else t])[-1000:]
+            s["who"] = (s["who"] + [who])[-1000:]
 
     def over_rate_limit(self):
         """Whether the arrival just recorded is over rate_limit (it is counted either way)."""
