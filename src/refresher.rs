@@ -172,7 +172,7 @@ impl<'l> Refresher<'l> {
             }
             if !self.fleet_tick() {
                 // A follower: Redis brings the list; a pull of an earlier role is dropped.
-                self.pull = None;
+                self.abandon_pull();
                 std::thread::sleep(TICK);
                 continue;
             }
@@ -197,6 +197,19 @@ impl<'l> Refresher<'l> {
                 std::thread::sleep(sleep);
             }
         }
+    }
+
+    /// A pull this node may no longer finish (it lost the lease, or follows): what it gathered
+    /// is in the table already (progress publishes) and stays in the list held, so that no list
+    /// from Redis with the same last ID takes it back. True when something was kept.
+    fn abandon_pull(&mut self) -> bool {
+        let Some(p) = self.pull.take() else { return false };
+        let kept = merge(&mut self.master, p.got);
+        let kept = kept.0 + kept.1 > 0;
+        if kept {
+            self.fleet_diverged();
+        }
+        kept
     }
 
     fn start(&mut self, full: bool, reason: &'static str) {

@@ -80,6 +80,35 @@ class TestFleetLife(FleetCase):
         self.assertLessEqual(worst, RATE[0], f"{worst} requests in one window of {RATE[1]} s")
         self.assertEqual(node.stats()["rate_limited"], 0)
 
+    def test_a_flush_and_a_new_leader_keep_the_budget(self):
+        """Item 4, found by the life-cycle test (seed 424242): a FLUSHALL takes the fleet's request
+        history with it, and a node other than the last leader that took the lease asked at once
+        and got a 429. It now waits one window when Redis lost the history it had seen another
+        node lead."""
+        r = self.redis()
+        feed = self.feed()
+        nodes = self.nodes(feed, r.url(), ["node-a", "node-b"])
+        leader = self.wait_fleet(nodes)
+        other = next(n for n in nodes if n is not leader)
+        # The leader spends the budget: 4 requests within the last 10 s.
+        wait_until(lambda: sum(1 for t in feed.stats()["times"] if t > time.time() - RATE[1]) >= RATE[0],
+                   timeout=30, what="the budget spent")
+        # SIGSTOP only makes the other node the one to take the lease after the flush.
+        os.killpg(leader.proc.pid, signal.SIGSTOP)
+        try:
+            r.cli("FLUSHALL")
+            wait_until(lambda: other.stats()["role"] == "leader", timeout=10, what="the other node to lead")
+            time.sleep(RATE[1] + 2)
+        finally:
+            os.killpg(leader.proc.pid, signal.SIGCONT)
+        worst = feed.worst_window(RATE[1])
+        self.assertLessEqual(worst, RATE[0], f"{worst} requests in one window of {RATE[1]} s")
+        self.assertEqual(other.stats()["rate_limited"], 0)
+        self.assertIn("the first request waits one rate-limit window", other.log())
+        # And it goes on pulling: an address listed now reaches both.
+        feed.add(["127.0.0.91"])
+        self.wait_refused(nodes, "127.0.0.91", timeout=30)
+
     def test_a_node_with_an_old_list_never_takes_the_fleet_back(self):
         """Item 5: after a flush, a node with an old snapshot took the lease and wrote it, and
         the others replaced their newer tables with it."""

@@ -69,6 +69,15 @@ impl RateLimiter {
         self.sent.insert(at, s);
     }
 
+    /// Counts the whole budget as spent at `now`: the next request waits a full window. For a
+    /// node that takes the lease from another while Redis has lost the fleet's history (a flush,
+    /// a restart empty): the other leader may have sent `max` requests just before.
+    pub fn assume_spent(&mut self, now: Instant) {
+        for _ in 0..self.max {
+            self.record(now, None);
+        }
+    }
+
     /// Merges the fleet's request history: `(member, offset)` with the offset from now in ms,
     /// positive in the past, negative a completion still ahead. A completion ahead is counted
     /// until then, but never further ahead than `ahead_max` (a request's longest duration): a
@@ -165,6 +174,15 @@ mod tests {
         // Four in the window: the next waits for the oldest to leave it (4 s ago + 11 s).
         assert_eq!(l.wait(now), Duration::from_secs(7));
         // Replacing the history with Redis's (the old adopt) would have allowed a request now.
+    }
+
+    #[test]
+    fn a_budget_assumed_spent_waits_a_whole_window() {
+        let mut l = RateLimiter::new(RateLimit { max: 4, window_secs: 10 });
+        let now = Instant::now();
+        l.assume_spent(now);
+        assert_eq!(l.wait(now), Duration::from_secs(11));
+        assert_eq!(l.wait(now + Duration::from_secs(11)), Duration::ZERO);
     }
 
     #[test]

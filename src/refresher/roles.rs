@@ -74,10 +74,13 @@ pub(super) struct FleetNode {
     publish_failures: u32,
     /// The fleet's settings differ from ours: what differs (None: they agree, or no list yet).
     differs: Option<String>,
+    /// When another node was last seen holding the lease: if Redis then loses the fleet's
+    /// request history, that node's requests may still count in the feed's window.
+    other_leader_seen: Option<Instant>,
     /// Since when nobody has held the lease while our settings differ from the fleet's.
     unheld_since: Option<Instant>,
     fingerprint: String,
-    /// The cap of every backoff here: `interval`, but at least PUBLISH_RETRY.
+    /// The cap of every backoff here: `interval`.
     backoff_cap: Duration,
     shown: (Role, String),
 }
@@ -172,8 +175,9 @@ impl FleetNode {
             publish_failures: 0,
             differs: None,
             unheld_since: None,
+            other_leader_seen: None,
             fingerprint,
-            backoff_cap: Duration::from_secs(s.cfg.interval).max(PUBLISH_RETRY),
+            backoff_cap: Duration::from_secs(s.cfg.interval),
             shown: (Role::Follower, String::new()),
         })
     }
@@ -258,7 +262,10 @@ impl Refresher<'_> {
         }
         match f.client.lease() {
             Ok(LeaseState::Leader { token, .. }) => self.fleet_became_leader(f, token),
-            Ok(LeaseState::Follower { .. }) => {
+            Ok(LeaseState::Follower { leader }) => {
+                if !leader.is_empty() && leader != f.client.settings().node_id {
+                    f.other_leader_seen = Some(Instant::now());
+                }
                 if f.role == Role::Fallback {
                     log_info!("redis answers again: following the fleet's leader ({}) again", f.client.leader());
                     f.role = Role::Follower;
@@ -328,8 +335,10 @@ impl Refresher<'_> {
 
     fn fleet_became_leader(&mut self, f: &mut FleetNode, token: u64) {
         // Nothing is written to the list while we hold the lease: read what is there last.
+        let mut lost_history = false;
         match f.client.poll() {
             Ok(Poll::Empty) => {
+                lost_history = true;
                 // A new fleet, or Redis restarted empty: write what we hold, if anything.
                 f.dirty = !self.master.is_empty() || self.last_id.is_some();
             }
@@ -346,13 +355,23 @@ impl Refresher<'_> {
         f.dirty |= f.diverged;
         // One budget for the fleet: the limiter counts what every leader sent.
         match f.client.history() {
-            Ok(h) => self.limiter.adopt(Instant::now(), &h, f.client.settings().request_max),
+            Ok(h) => {
+                lost_history |= h.is_empty();
+                self.limiter.adopt(Instant::now(), &h, f.client.settings().request_max)
+            }
             Err(e) => {
                 // Without the history we could exceed the fleet's rate limit: let another try.
                 f.client.release();
                 return self.fleet_error(f, e);
             }
         }
+        if lost_history && f.other_leader_seen.is_some_and(|t| t.elapsed() <= f.client.settings().window + f.client.settings().request_max) {
+            // Redis lost the fleet's history, and another node led within the window: it may
+            // have spent the whole budget; the first request waits a window rather than risk a 429.
+            self.limiter.assume_spent(Instant::now());
+            log_info!("fleet: redis lost the fleet's request history; the first request waits one rate-limit window");
+        }
+        f.other_leader_seen = None;
         let was = f.role;
         f.role = Role::Leader;
         self.fleet_ok(f);
@@ -385,7 +404,14 @@ impl Refresher<'_> {
             log_warn!("fleet: the lease is gone (now held by '{}'): this node stops asking APIBAN and follows", f.client.leader());
         }
         f.role = Role::Follower;
-        self.pull = None;
+        f.diverged |= self.abandon_pull();
+    }
+
+    /// This node holds more than Redis does (it kept what an abandoned pull gathered).
+    pub(super) fn fleet_diverged(&mut self) {
+        if let Some(f) = self.fleet.as_mut() {
+            f.diverged = true;
+        }
     }
 
     /// A follower's update from Redis: into the list held, the table and the snapshot.
@@ -395,7 +421,9 @@ impl Refresher<'_> {
         match change {
             Change::Full(list) => {
                 let list: HashMap<Key, u32> = list.into_iter().collect();
-                if self.last_id.unwrap_or(0) > meta.last_id {
+                let held = self.last_id.unwrap_or(0);
+                // Same age and we hold more (an abandoned pull's addresses, a fallback's): keep.
+                if held > meta.last_id || (f.diverged && held >= meta.last_id) {
                     // Older than what we hold (a node with an old snapshot wrote it after a
                     // flush, or we pulled alone meanwhile): never go backwards, keep both.
                     added = merge(&mut self.master, list).0;
@@ -508,7 +536,7 @@ impl Refresher<'_> {
             Err(e) => {
                 f.dirty = true;
                 f.publish_failures += 1;
-                f.retry_publish = Some(Instant::now() + exp_backoff(PUBLISH_RETRY, f.publish_failures, f.backoff_cap));
+                f.retry_publish = Some(Instant::now() + exp_backoff(PUBLISH_RETRY.min(f.backoff_cap), f.publish_failures, f.backoff_cap));
                 self.fleet_error(f, e);
             }
         }
@@ -581,7 +609,7 @@ impl Refresher<'_> {
                 );
                 f.role = Role::Fallback;
                 f.diverged = true;
-                self.pull = None;
+                self.abandon_pull();
             }
         }
         if f.role == Role::Leader && since.elapsed() >= f.client.settings().leader_ttl {
