@@ -73,10 +73,12 @@ if [[ $(. /etc/os-release && echo "${VERSION_CODENAME:-}") == bookworm ]]; then
         eval "$(bash scripts/build-kamailio-6.0.sh --env)"
         export CARGO_TARGET_DIR=$PWD/target/kamailio-6.0
         export APIBAN_MODULE=$CARGO_TARGET_DIR/release/libapiban.so
+        # The behaviours of both servers, against this Kamailio only: OpenSIPS ran in the first pass.
+        export APIBAN_SERVERS=kamailio
         cargo build --release --locked
         t1=$(date +%s)
         cd tests
-        "$PYTHON" -m unittest -v test_kamailio test_faults test_restart test_operator_errors test_kamailio_operator
+        "$PYTHON" -m unittest -v test_end_to_end test_kamailio test_faults test_restart test_operator_errors test_kamailio_operator
         echo "== Kamailio 6.0: server and module built in $((t1 - t0)) s, suites ran in $(($(date +%s) - t1)) s"
     )
 fi

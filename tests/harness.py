@@ -292,9 +292,31 @@ class Kamailio(SipServer):
         self.proc.log.close()
         return rc, self.proc.output()
 
+    kind = "kamailio"
+
     def stop(self):
+        """Stops the server by PID; returns the processes left behind (none: Proc stops the group)."""
         if self.proc:
             self.proc.stop()
+        return []
+
+    def admin_check(self, ip):
+        """`apiban.check` over RPC: ip, listed, result, detail."""
+        rc, out = self.kamcmd("apiban.check", ip)
+        if rc != 0:
+            raise AssertionError(f"apiban.check failed: {out}")
+        return parse_kamcmd_struct(out)
+
+    def admin_reload(self):
+        rc, out = self.kamcmd("apiban.reload")
+        if rc != 0:
+            raise AssertionError(f"apiban.reload failed: {out}")
+
+    def process_names(self):
+        rc, out = self.kamcmd("core.psx")
+        if rc != 0:
+            raise AssertionError(f"core.psx failed: {out}")
+        return out
 
     def kamcmd(self, *args, timeout=10):
         r = subprocess.run([KAMCMD, "-s", self.ctl, *args], capture_output=True, text=True, timeout=timeout)
