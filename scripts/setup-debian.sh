@@ -33,8 +33,9 @@ need_pkgs+=(faketime)
 # Fleet mode (tests/test_fleet.py): the tests start their own Redis and Sentinel instances.
 need_pkgs+=(redis-server redis-sentinel redis-tools)
 # promtool (in Debian's prometheus package) checks and unit-tests contrib/prometheus/apiban-rules.yml
-# (tests/test_monitoring.py); the Prometheus server itself is never run.
-need_pkgs+=(prometheus)
+# (tests/test_monitoring.py, which reads the rules with python3-yaml); the Prometheus server itself
+# is never run.
+need_pkgs+=(prometheus python3-yaml)
 missing=()
 for p in "${need_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
