@@ -10,6 +10,7 @@
 #   - openssl (the TLS tests make their own CA), tinyproxy (the proxy tests start their own),
 #     ca-certificates (the system trust store the module reads);
 #   - redis-server and redis-sentinel for the fleet tests (started by the tests on their own ports);
+#   - prometheus, for its promtool (the alerting rules' tests; the server is disabled);
 # Idempotent: a second run only checks.
 set -euo pipefail
 source "$(dirname "$0")/debian-source.sh"
@@ -31,6 +32,10 @@ need_pkgs=(kamailio kamailio-utils-modules kamailio-extra-modules kamailio-lua-m
 need_pkgs+=(faketime)
 # Fleet mode (tests/test_fleet.py): the tests start their own Redis and Sentinel instances.
 need_pkgs+=(redis-server redis-sentinel redis-tools)
+# promtool (in Debian's prometheus package) checks and unit-tests contrib/prometheus/apiban-rules.yml
+# (tests/test_monitoring.py, which reads the rules with python3-yaml); the Prometheus server itself
+# is never run.
+need_pkgs+=(prometheus python3-yaml)
 missing=()
 for p in "${need_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -43,10 +48,11 @@ if ((${#missing[@]})); then
     echo "setup: installing ${missing[*]}"
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian starts the packaged kamailio, tinyproxy and redis services on install; the tests run their
-# own instances (own port, own directory, own config), never the system's.
+# Debian starts the packaged kamailio, tinyproxy, redis and prometheus services on install; the tests
+# run their own instances (own port, own directory, own config), never the system's, and prometheus
+# is there only for promtool.
 if command -v systemctl >/dev/null 2>&1; then
-    for unit in kamailio tinyproxy redis-server redis-sentinel; do systemctl disable --now "$unit" >/dev/null 2>&1 || true; done
+    for unit in kamailio tinyproxy redis-server redis-sentinel prometheus; do systemctl disable --now "$unit" >/dev/null 2>&1 || true; done
 fi
 
 # The source of exactly the installed binary, from the running release: apt-get source needs a
