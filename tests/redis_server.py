@@ -222,3 +222,83 @@ def wait_port_free(port, timeout=10):
                 return False
     wait_until(free, timeout=timeout, what=f"port {port} free")
     time.sleep(0.05)
+
+
+class TcpForwarder:
+    """A TCP relay on a loopback port of its own to `target_port`: what a network path is to the
+    fleet tests. cut() drops every relayed connection and refuses new ones (a partition between
+    whoever uses this path and the target); restore() heals it. Threads of this process only."""
+
+    def __init__(self, target_port):
+        import socket
+        import threading
+        self.target = target_port
+        self.srv = socket.socket()
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(64)
+        self.port = self.srv.getsockname()[1]
+        self.open = True
+        self.conns = []
+        self.lock = threading.Lock()
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+        while not self.stopped:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            if not self.open:
+                c.close()
+                continue
+            try:
+                t = socket.create_connection(("127.0.0.1", self.target), timeout=2)
+            except OSError:
+                c.close()
+                continue
+            t.settimeout(None)
+            with self.lock:
+                self.conns += [c, t]
+            for a, b in ((c, t), (t, c)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        import socket
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        import socket
+        self.open = False
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+    def restore(self):
+        self.open = True
+
+    def stop(self):
+        self.stopped = True
+        self.cut()
+        self.srv.close()
