@@ -250,11 +250,8 @@ class TestFleetLifecycle(unittest.TestCase):
                 s = parse_kamcmd_struct(out)
                 if "entries" not in s:
                     continue
-                # KNOWN PRODUCT BUG (to fix in src/): a leader that lost the lease mid-pull (a
-                # FLUSHALL) holds addresses its unfinished pull brought, with its last ID not yet
-                # moved; the new leader's full list, same last ID, replaces its table and drops
-                # them (seed 20251207: node-a 31 -> 30 entries at 18.5 s, 127.0.1.1 let through
-                # for 33.8 s).
+                # Found here (seed 20251207): a leader that lost the lease mid-pull dropped what
+                # its cut pull had brought when the new leader's list of the same age arrived.
                 if s["entries"] < m.most:
                     self.violate(f"{m.name} (incarnation {inc}) holds {s['entries']} entries, it held {m.most}")
                 m.most = max(m.most, s["entries"])
@@ -278,12 +275,8 @@ class TestFleetLifecycle(unittest.TestCase):
 
     # ---- checks ----------------------------------------------------------------------------
     def check_heal(self, label, healed):
-        """Every live node refuses every address listed at `healed` within HEAL_BOUND of it.
-
-        KNOWN PRODUCT ISSUE (the bound stays as issue 15 states it): after Redis stopped for 2 to
-        4 s, each node's Redis retry backoff has grown to its cap, max(interval, 5 s) in
-        src/refresher/fleet.rs (the README says "up to interval"), so the first call after the
-        heal may come 5 s later and the fleet converges in 6 to 7 s (seed 1, 120 s: 6.5 s)."""
+        """Every live node refuses every address listed at `healed` within HEAL_BOUND of it (found
+        here, seed 1: the Redis retry backoff was capped at 5 s rather than `interval`)."""
         listed = [ip for ip, _ in self.feed.entries()]
         nodes = self.live()
         pending = {m.name: list(listed) for m in nodes}
@@ -479,11 +472,8 @@ class TestFleetLifecycle(unittest.TestCase):
         for t in self.threads:
             t.join(10)
 
-        # The budget, as the feed counts it. KNOWN PRODUCT BUG (to fix in src/, not here): after
-        # FLUSHALL or Redis restarted empty the fleet's request history is gone, and a node other
-        # than the last leader that takes the lease knows none of that leader's recent requests:
-        # it asks at once, a 5th request in 10 s, a 429 and a 23 s backoff (seed 424242, at 49.6 s
-        # and 361.2 s; tests/repro_flush_budget.py reproduces it alone).
+        # The budget, as the feed counts it (found here, seed 424242: after a FLUSHALL the node
+        # that took over knew none of the last leader's requests and got a 429).
         requests = self.check_one_talker()
         worst = self.feed.worst_window(RATE[1])
         if worst > RATE[0]:
