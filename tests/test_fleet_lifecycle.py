@@ -2,11 +2,12 @@
 compressed life of a fleet, with the fleet's promises checked all along.
 
 The fleet: three Kamailio nodes (test_fleet's Node: leader_ttl 3 s, timeout 1 s, rate_limit 4/10
-which the fake feed enforces with 429), `interval` 3 s and `full_resync` 90 s, so a run of the
+which the fake feed enforces with 429), `interval` 5 s and `full_resync` 90 s, so a run of the
 default 400 s goes through several full pulls and past the 300 s lifetime of a staging key. The
-interval is 3 s rather than test_fleet's 1 s: at 4 requests per 10 s a 1 s interval leaves the rate
-limiter, not the fleet, to decide when a new address is pulled (up to 7 s later), and the bound
-checked after each fault (below) would then measure the limiter. `ttl` stays at its default (7
+interval is 5 s rather than test_fleet's 1 s: at 4 requests per 10 s a shorter interval keeps the
+budget spent (a pull that brings something takes two requests), and the bound checked after each
+fault (below) would then measure the rate limiter's wait, which any leader, old or new, must
+honour, rather than the fleet's hand-over. `ttl` stays at its default (7
 days), so nothing expires during the run and a table never has a reason to shrink. node-c runs
 under libfaketime (its wall clock only; monotonic time is real). Redis: a master and a replica
 with a password, three sentinels (quorum 1, down-after 8 s: a Redis stopped for a few seconds or
@@ -73,7 +74,7 @@ from test_feed_edges import FAKETIME_LIB
 from test_fleet import CLEAN, GENERATED, KEY, LISTED, RATE, TTL, Node, setUpModule  # noqa: F401
 
 PW = "life-redis-pw-7c1f9"
-INTERVAL = 3
+INTERVAL = 5
 FULL_RESYNC = 90
 TIMEOUT = 1
 HEAL_BOUND = TTL + 2
