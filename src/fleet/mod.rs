@@ -29,6 +29,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 pub use target::{Endpoint, RedisTarget};
 
+/// The most requests a poll copies from the fleet's history: more than any window holds.
+const HISTORY_COPY_MAX: usize = 256;
+
 /// How long a failed connect waits before the next try.
 const RECONNECT: Duration = Duration::from_secs(1);
 
@@ -183,6 +186,9 @@ pub struct Fleet {
     holder: String,
     /// Requests reserved in the fleet's history by this node.
     requests: u64,
+    /// The fleet's request history as the last poll read it, and when: should Redis lose it (a
+    /// flush, a restart empty), a node that takes over still knows what the last leader sent.
+    history_copy: Option<(Instant, Vec<(String, i64)>)>,
     /// Makes this process's request names unique in the history, even when a flush restarts
     /// the fencing counter and a token comes round again.
     nonce: String,
@@ -331,6 +337,7 @@ impl Fleet {
             seen: None,
             holder: String::new(),
             requests: 0,
+            history_copy: None,
             nonce: new_epoch()[..8].to_string(),
             errors: 0,
             s,
@@ -544,12 +551,24 @@ impl Fleet {
         decode_history(&r).map_err(|e| FleetError::Garbage(format!("{}: {e}", self.keys.requests)))
     }
 
-    /// What is new in Redis since the version we hold. One round trip when nothing is.
+    /// The fleet's request history as the last poll read it: when, and each request's name and
+    /// offset from then in ms (as `history`).
+    pub fn history_copy(&self) -> Option<(Instant, &[(String, i64)])> {
+        self.history_copy.as_ref().map(|(at, h)| (*at, h.as_slice()))
+    }
+
+    /// What is new in Redis since the version we hold, and a copy of the fleet's recent requests.
+    /// One round trip when nothing is new.
     pub fn poll(&mut self) -> Result<Poll, FleetError> {
         let seen = self.seen.clone();
+        let sent = Instant::now();
         let replies: Vec<Value> = self.run(|c, k, _| {
             let mut p = redis::pipe();
             p.atomic().cmd("HMGET").arg(&k.meta).arg(&META_FIELDS[..]);
+            // The newest requests (a window holds at most rate_limit's few): bounded whatever
+            // else the key holds.
+            p.cmd("TIME").cmd("ZRANGE").arg(&k.requests).arg("+inf").arg("-inf").arg("BYSCORE").arg("REV");
+            p.arg("LIMIT").arg(0).arg(HISTORY_COPY_MAX).arg("WITHSCORES");
             if let Some(s) = &seen {
                 // From the version we hold, to check that it is still the one its number names.
                 p.cmd("XRANGE").arg(&k.log).arg(format!("{}-0", s.version)).arg("+").arg("COUNT").arg(LOG_KEEP + 1);
@@ -557,11 +576,20 @@ impl Fleet {
             p.query(c)
         })?;
         let meta = match Meta::decode(&replies[0], &self.keys.meta).map_err(FleetError::Garbage)? {
+            // Redis lost its data (or no leader wrote yet): the last copy of the history stays.
             None => return Ok(Poll::Empty),
             Some(m) => m,
         };
+        if let (Some(Value::Array(t)), Some(Value::Array(reqs))) = (replies.get(1), replies.get(2)) {
+            let secs = t.first().and_then(layout::number).unwrap_or(0);
+            let us = t.get(1).and_then(layout::number).unwrap_or(0);
+            let mut v = vec![Value::Int((secs * 1000 + us / 1000) as i64)];
+            v.extend(reqs.iter().cloned());
+            // Not ours or not decodable: no copy, as if there were none.
+            self.history_copy = decode_history(&Value::Array(v)).ok().map(|h| (sent, h));
+        }
         self.holder_from_meta(&meta);
-        if let (Some(seen), Some(log)) = (&seen, replies.get(1)) {
+        if let (Some(seen), Some(log)) = (&seen, replies.get(3)) {
             if *seen == Seen::of(&meta) {
                 return Ok(Poll::Same(meta));
             }

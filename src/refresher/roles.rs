@@ -365,11 +365,25 @@ impl Refresher<'_> {
                 return self.fleet_error(f, e);
             }
         }
-        if lost_history && f.other_leader_seen.is_some_and(|t| t.elapsed() <= f.client.settings().window + f.client.settings().request_max) {
-            // Redis lost the fleet's history, and another node led within the window: it may
-            // have spent the whole budget; the first request waits a window rather than risk a 429.
-            self.limiter.assume_spent(Instant::now());
-            log_info!("fleet: redis lost the fleet's request history; the first request waits one rate-limit window");
+        let s = f.client.settings();
+        if lost_history && f.other_leader_seen.is_some_and(|t| t.elapsed() <= s.window + s.request_max) {
+            // Redis lost the fleet's history, and another node led within the window. What it
+            // sent is in the copy our last poll took; since then it may have sent one more. With
+            // no copy, the whole budget counts as spent: a window's wait rather than a 429.
+            let now = Instant::now();
+            match f.client.history_copy() {
+                Some((at, copy)) => {
+                    let since = at.elapsed().as_millis() as i64;
+                    let aged: Vec<(String, i64)> = copy.iter().map(|(n, ms)| (n.clone(), ms.saturating_add(since))).collect();
+                    self.limiter.adopt(now, &aged, s.request_max);
+                    self.limiter.record(now + s.request_max, None);
+                    log_info!("fleet: redis lost the fleet's request history; the budget is counted from this node's last copy of it");
+                }
+                None => {
+                    self.limiter.assume_spent(now);
+                    log_info!("fleet: redis lost the fleet's request history; the first request waits one rate-limit window");
+                }
+            }
         }
         f.other_leader_seen = None;
         let was = f.role;
