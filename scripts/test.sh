@@ -61,6 +61,9 @@ if [[ -n ${APIBAN_REQUIRE_OPENSIPS:-} ]]; then
     export PYTHONPATH="$PWD/$pylib${PYTHONPATH:+:$PYTHONPATH}"
 fi
 echo "== end-to-end tests (real servers, fake APIBAN feed, SIP over loopback)"
+# The fleet's life-cycle test draws its faults from a seed: CI replays one known schedule (set
+# APIBAN_LIFE_SEED to explore others; the test prints the seed and, on failure, the schedule).
+export APIBAN_LIFE_SEED=${APIBAN_LIFE_SEED:-20251207}
 "$PYTHON" -m unittest discover -s tests -p 'test_*.py' -v
 
 # Debian 12's own Kamailio is 5.6; most operators run 6.0 (Debian 13's). Build Debian 13's from
