@@ -13,7 +13,8 @@ source scripts/env.sh
 bash scripts/setup-debian.sh
 
 # OpenSIPS is not packaged by Debian: build it (a second run only checks it). Every OpenSIPS suite
-# (tests/test_opensips.py, the OpenSIPS nodes of tests/test_fleet.py) then runs, and fails rather
+# (tests/test_end_to_end.py for OpenSIPS, tests/test_opensips.py, the OpenSIPS node of
+# tests/test_fleet.py) then runs, and fails rather
 # than skips (APIBAN_REQUIRE_OPENSIPS). The last line of the run says whether OpenSIPS ran.
 opensips_note=
 trap 'st=$?; [[ -z $opensips_note ]] || echo "== OpenSIPS: $opensips_note$( ((st)) && echo "; this run FAILED")"' EXIT
