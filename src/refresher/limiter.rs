@@ -29,6 +29,9 @@ struct Sent {
     done: Instant,
     /// Its member in the fleet's request history (`P:requests`), when it is there.
     name: Option<Box<str>>,
+    /// A request that may have been sent (by a leader Redis forgot): it counts in the window,
+    /// but does not pace the next one.
+    maybe: bool,
 }
 
 pub struct RateLimiter {
@@ -51,7 +54,8 @@ impl RateLimiter {
         while self.sent.front().is_some_and(|s| now.saturating_duration_since(s.done) >= self.window + RATE_MARGIN) {
             self.sent.pop_front();
         }
-        let by_gap = self.sent.back().map_or(Duration::ZERO, |s| (s.done + self.gap).saturating_duration_since(now));
+        let paced = self.sent.iter().rev().find(|s| !s.maybe);
+        let by_gap = paced.map_or(Duration::ZERO, |s| (s.done + self.gap).saturating_duration_since(now));
         let by_window = if self.sent.len() >= self.max {
             (self.sent[self.sent.len() - self.max].done + self.window + RATE_MARGIN).saturating_duration_since(now)
         } else {
@@ -63,7 +67,16 @@ impl RateLimiter {
     /// Records a request whose reply, or failure, was complete at `done`; `name`: its member in
     /// the fleet's history, when a leader sent it.
     pub fn record(&mut self, done: Instant, name: Option<&str>) {
-        let s = Sent { done, name: name.map(Box::from) };
+        self.insert(Sent { done, name: name.map(Box::from), maybe: false });
+    }
+
+    /// Records a request that may have been sent, completing by `done` at the latest: it counts
+    /// against the window, it does not pace.
+    pub fn record_maybe(&mut self, done: Instant) {
+        self.insert(Sent { done, name: None, maybe: true });
+    }
+
+    fn insert(&mut self, s: Sent) {
         // Kept in order: a record is never older than the newest (Instant is monotonic).
         let at = self.sent.iter().rposition(|x| x.done <= s.done).map_or(0, |i| i + 1);
         self.sent.insert(at, s);
@@ -74,7 +87,7 @@ impl RateLimiter {
     /// a restart empty): the other leader may have sent `max` requests just before.
     pub fn assume_spent(&mut self, now: Instant) {
         for _ in 0..self.max {
-            self.record(now, None);
+            self.record_maybe(now);
         }
     }
 
@@ -174,6 +187,20 @@ mod tests {
         // Four in the window: the next waits for the oldest to leave it (4 s ago + 11 s).
         assert_eq!(l.wait(now), Duration::from_secs(7));
         // Replacing the history with Redis's (the old adopt) would have allowed a request now.
+    }
+
+    #[test]
+    fn a_request_that_may_have_been_sent_counts_but_does_not_pace() {
+        let mut l = RateLimiter::new(RateLimit { max: 4, window_secs: 10 });
+        let now = Instant::now();
+        l.record_maybe(now + Duration::from_secs(2));
+        assert_eq!(l.wait(now), Duration::ZERO, "no pacing after a request that may not exist");
+        for i in 0..3 {
+            l.record(now + Duration::from_millis(i), None);
+        }
+        // Four in the window now, the maybe among them: the fifth waits for the oldest to leave
+        // it (done at now, so at now + 11 s).
+        assert_eq!(l.wait(now + Duration::from_secs(3)), Duration::from_secs(8));
     }
 
     #[test]

@@ -376,7 +376,7 @@ impl Refresher<'_> {
                     let since = at.elapsed().as_millis() as i64;
                     let aged: Vec<(String, i64)> = copy.iter().map(|(n, ms)| (n.clone(), ms.saturating_add(since))).collect();
                     self.limiter.adopt(now, &aged, s.request_max);
-                    self.limiter.record(now + s.request_max, None);
+                    self.limiter.record_maybe(now + s.request_max);
                     log_info!("fleet: redis lost the fleet's request history; the budget is counted from this node's last copy of it");
                 }
                 None => {
