@@ -602,9 +602,13 @@ impl Refresher<'_> {
             return self.fleet_lost(f);
         }
         let since = *f.trouble_since.get_or_insert_with(Instant::now);
-        // Not on every tick: a follower's next call waits, doubling, up to `interval`.
-        f.failures += 1;
-        f.quiet_until = Some(Instant::now() + exp_backoff(super::TICK, f.failures, f.backoff_cap));
+        // Data that is not ours, a refused write, refused credentials: not on every tick, a
+        // follower's next call waits, doubling, up to `interval`. A Redis that does not answer is
+        // tried again once a second (the client's reconnect pace), so that its return is seen at once.
+        if !matches!(e, FleetError::Unavailable(_)) {
+            f.failures += 1;
+            f.quiet_until = Some(Instant::now() + exp_backoff(super::TICK, f.failures, f.backoff_cap));
+        }
         let text = crate::log::redact(&e.to_string());
         let c = self.m.stats.get();
         text!(c, last_error).put(&text);
