@@ -7,6 +7,7 @@
 
 mod addr;
 mod allow;
+mod bans;
 mod boundary;
 mod clock;
 mod config;

@@ -12,6 +12,7 @@
 
 mod limiter;
 mod roles;
+pub(crate) use roles::fleet_settings;
 use limiter::RateLimiter;
 
 use crate::addr::Key;
@@ -37,6 +38,7 @@ pub fn run(m: &'static Module) -> ! {
     // before the internal error.
     let cfg = &m.settings.cfg;
     let mut limiter = RateLimiter::new(cfg.rate_limit);
+    crate::bans::keeper::start(m);
     loop {
         let _ = catch_unwind(AssertUnwindSafe(|| Refresher::new(m, &mut limiter).run()));
         text!(m.stats.get(), state).put("restarting after an internal error");

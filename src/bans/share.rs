@@ -1,0 +1,197 @@
+//! Local bans across the fleet, through the fleet's Redis under its prefix:
+//!
+//! - `P:ban:<address>`: a string holding the record (`Ban::encode`), which expires with it
+//!   (`PXAT`), so Redis holds no expired ban and a joiner reads only those in force.
+//! - `P:bans`: the addresses, scored by expiry (ms): the index a full read walks; pruned on
+//!   every write and expiring with its last member.
+//! - `P:bans:log`: a stream of every write (`a` address, `r` record), which each node reads with
+//!   a blocking `XREAD`: a ban reaches the other nodes as soon as it is written. Trimmed to the
+//!   last minute; a node that was away longer reads everything again (and does so every
+//!   `FULL_EVERY` anyway).
+//!
+//! Any node writes, not only the leader. A write is refused by the script when Redis holds a
+//! record of the address made later, so that every node and Redis end with the later record
+//! whatever order the writes arrive in.
+
+use super::store::Store;
+use super::Ban;
+use crate::addr::{parse_text, Key};
+use crate::fleet::layout::text;
+use crate::fleet::{Fleet, FleetError, FleetSettings};
+use redis::{Script, Value};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// How often a node reads every ban again, whatever the log said.
+const FULL_EVERY: Duration = Duration::from_secs(30);
+/// How long a read of the log waits for news: the keeper's pace while Redis answers.
+pub const BLOCK_MS: u64 = 50;
+/// What the log keeps: a minute of writes.
+const LOG_KEEP_MS: u64 = 60_000;
+
+/// KEYS: the ban's key, the index, the log. ARGV: address, record, expires ms, now ms, made ms,
+/// how long the log keeps a write (ms).
+/// 1 written, 0 refused (Redis holds a later record, or this one has expired).
+const WRITE: &str = r"
+local old = redis.call('GET', KEYS[1])
+if old then
+  local m = tonumber(string.match(old, '^%a|(%d+)|'))
+  if m and m >= tonumber(ARGV[5]) then return 0 end
+end
+if tonumber(ARGV[3]) <= tonumber(ARGV[4]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+local top = redis.call('ZRANGE', KEYS[2], 0, 0, 'REV', 'WITHSCORES')
+if top[2] then redis.call('PEXPIREAT', KEYS[2], top[2]) end
+redis.call('XADD', KEYS[3], 'MINID', '~', tonumber(ARGV[4]) - tonumber(ARGV[6]), '*', 'a', ARGV[1], 'r', ARGV[2])
+redis.call('PEXPIRE', KEYS[3], ARGV[6])
+return 1
+";
+
+/// KEYS: the index, the log. ARGV: now ms, the most to read, the ban keys' prefix.
+/// Returns the log's last ID, then address, record pairs, newest expiry first.
+const READ: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local out = {last[1] and last[1][1] or '0-0'}
+local addrs = redis.call('ZRANGE', KEYS[1], '+inf', '(' .. ARGV[1], 'BYSCORE', 'REV', 'LIMIT', 0, tonumber(ARGV[2]))
+for _, a in ipairs(addrs) do
+  local r = redis.call('GET', ARGV[3] .. a)
+  if r then
+    out[#out + 1] = a
+    out[#out + 1] = r
+  end
+end
+return out
+";
+
+pub struct Share {
+    client: Fleet,
+    prefix: String,
+    index: String,
+    log: String,
+    write: Script,
+    read: Script,
+    /// The last log entry applied; None until the first full read.
+    cursor: Option<String>,
+    full_at: Option<Instant>,
+    max: usize,
+}
+
+/// What a receive brought.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Received {
+    /// Records that changed what the node holds.
+    pub changed: usize,
+    /// Whether it was a full read.
+    pub full: bool,
+}
+
+impl Share {
+    pub fn new(fs: FleetSettings, max: usize) -> Share {
+        let prefix = format!("{}:ban:", fs.prefix);
+        let index = format!("{}:bans", fs.prefix);
+        let log = format!("{}:bans:log", fs.prefix);
+        Share { client: Fleet::new(fs), prefix, index, log, write: Script::new(WRITE), read: Script::new(READ), cursor: None, full_at: None, max }
+    }
+
+    /// Writes every pending record. Stops at the first error (the rest stay pending).
+    pub fn send(&mut self, store: &mut Store, now_ms: u64) -> Result<usize, FleetError> {
+        let mut n = 0;
+        for (k, b) in store.pending() {
+            let addr = k.to_ip().to_string();
+            let (key, rec) = (format!("{}{addr}", self.prefix), b.encode());
+            let (index, log, w) = (&self.index, &self.log, &self.write);
+            let exp = b.expires.saturating_mul(1000);
+            let _: i64 = self
+                .client
+                .exchange(|c| w.key(&key).key(index).key(log).arg(&addr).arg(&rec).arg(exp).arg(now_ms).arg(b.made_at).arg(LOG_KEEP_MS).invoke(c))?;
+            // Written, or refused because Redis holds a later record, which the log brings.
+            store.sent(k, b.made_at);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Brings what other nodes wrote: everything on the first call, after a gap and every
+    /// FULL_EVERY; otherwise the log since the last entry, waiting at most BLOCK_MS for one.
+    pub fn receive(&mut self, store: &mut Store, now_ms: u64) -> Result<Received, FleetError> {
+        let due = self.full_at.is_none_or(|t| t.elapsed() >= FULL_EVERY);
+        match self.cursor.clone() {
+            Some(cursor) if !due => self.tail(store, &cursor),
+            _ => self.full(store, now_ms),
+        }
+    }
+
+    fn full(&mut self, store: &mut Store, now_ms: u64) -> Result<Received, FleetError> {
+        let (index, log, prefix, r, max) = (&self.index, &self.log, &self.prefix, &self.read, self.max);
+        let reply: Value = self.client.exchange(|c| r.key(index).key(log).arg(now_ms).arg(max).arg(prefix).invoke(c))?;
+        let Value::Array(items) = reply else { return Err(FleetError::Garbage(format!("{index}: unexpected reply"))) };
+        let mut it = items.iter();
+        let cursor = it.next().and_then(text).ok_or_else(|| FleetError::Garbage(format!("{log}: no stream ID")))?;
+        let mut present = HashMap::new();
+        let mut changed = 0;
+        while let (Some(a), Some(r)) = (it.next(), it.next()) {
+            let Some((k, b)) = record(a, r) else { continue };
+            present.insert(k, b.made_at);
+            changed += store.adopt(k, b) as usize;
+        }
+        // What we hold and Redis lacks (a flush, a failed-over master that had not got it):
+        // written again.
+        store.resend_missing(&present, now_ms / 1000);
+        self.cursor = Some(cursor);
+        self.full_at = Some(Instant::now());
+        Ok(Received { changed, full: true })
+    }
+
+    fn tail(&mut self, store: &mut Store, cursor: &str) -> Result<Received, FleetError> {
+        let log = &self.log;
+        let reply: Value = self.client.exchange(|c| {
+            redis::cmd("XREAD").arg("COUNT").arg(1000).arg("BLOCK").arg(BLOCK_MS).arg("STREAMS").arg(log).arg(cursor).query(c)
+        })?;
+        let mut changed = 0;
+        let entries = match &reply {
+            Value::Nil => return Ok(Received::default()),
+            Value::Array(streams) => streams.first().and_then(|s| match s {
+                Value::Array(kv) => kv.get(1),
+                _ => None,
+            }),
+            Value::Map(m) => m.first().map(|(_, v)| v),
+            _ => None,
+        };
+        let Some(Value::Array(entries)) = entries else { return Err(FleetError::Garbage(format!("{log}: not a stream reply"))) };
+        for e in entries {
+            let Value::Array(parts) = e else { continue };
+            let [id, Value::Array(fields)] = parts.as_slice() else { continue };
+            let (mut a, mut r) = (None, None);
+            for fv in fields.chunks(2) {
+                match fv {
+                    [f, v] if text(f).as_deref() == Some("a") => a = Some(v),
+                    [f, v] if text(f).as_deref() == Some("r") => r = Some(v),
+                    _ => {}
+                }
+            }
+            if let Some((k, b)) = a.zip(r).and_then(|(a, r)| record(a, r)) {
+                changed += store.adopt(k, b) as usize;
+            }
+            if let Some(id) = text(id) {
+                self.cursor = Some(id);
+            }
+        }
+        Ok(Received { changed, full: false })
+    }
+
+    /// Forgets the log position: the next receive reads everything (after Redis came back).
+    pub fn reset(&mut self) {
+        self.cursor = None;
+    }
+}
+
+fn record(a: &Value, r: &Value) -> Option<(Key, Ban)> {
+    let k = parse_text(text(a)?.as_bytes())?;
+    Some((k, Ban::decode(&text(r)?)?))
+}
+
+/// How long to wait before the next try after an error: Redis's own reconnect pace.
+pub const RETRY: Duration = Duration::from_secs(1);
