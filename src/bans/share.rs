@@ -6,8 +6,8 @@
 //!   every write and expiring with its last member.
 //! - `P:bans:log`: a stream of every write (`a` address, `r` record), which each node reads with
 //!   a blocking `XREAD`: a ban reaches the other nodes as soon as it is written. Trimmed to the
-//!   last minute; a node that was away longer reads everything again (and does so every
-//!   `FULL_EVERY` anyway).
+//!   last minute, and gone with the last record; a node that was away reads everything again
+//!   (and does so every `FULL_EVERY` anyway).
 //!
 //! Any node writes, not only the leader. A write is refused by the script when Redis holds a
 //! record of the address made later, so that every node and Redis end with the later record
@@ -42,10 +42,11 @@ if tonumber(ARGV[3]) <= tonumber(ARGV[4]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
-local top = redis.call('ZRANGE', KEYS[2], 0, 0, 'REV', 'WITHSCORES')
-if top[2] then redis.call('PEXPIREAT', KEYS[2], top[2]) end
 redis.call('XADD', KEYS[3], 'MINID', '~', tonumber(ARGV[4]) - tonumber(ARGV[6]), '*', 'a', ARGV[1], 'r', ARGV[2])
-redis.call('PEXPIRE', KEYS[3], ARGV[6])
+local top = redis.call('ZRANGE', KEYS[2], 0, 0, 'REV', 'WITHSCORES')
+local last = tonumber(top[2])
+redis.call('PEXPIREAT', KEYS[2], last)
+redis.call('PEXPIREAT', KEYS[3], math.min(last, tonumber(ARGV[4]) + tonumber(ARGV[6])))
 return 1
 ";
 
@@ -195,3 +196,90 @@ fn record(a: &Value, r: &Value) -> Option<(Key, Ban)> {
 
 /// How long to wait before the next try after an error: Redis's own reconnect pace.
 pub const RETRY: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::super::ring::{Op, Request, REASON_MAX};
+    use super::super::Kind;
+    use super::*;
+    use crate::clock::unix_now_ms;
+    use crate::fleet::redis_tests::{raw, server, settings};
+
+    fn req(op: Op, k: u32, ttl: u32) -> Request {
+        let mut reason = [0u8; REASON_MAX];
+        reason[..4].copy_from_slice(b"pike");
+        Request { op, key: Key::V4(k), ttl, made_at: unix_now_ms() / 1000, reason, reason_len: 4 }
+    }
+
+    fn node(port: u16, name: &str) -> (Share, Store) {
+        (Share::new(settings(port, name, None), 100), Store::new(100, name, true))
+    }
+
+    #[test]
+    fn a_ban_reaches_another_node_and_redis_forgets_it_when_it_expires() {
+        let r = server(&[]);
+        let (mut sa, mut a) = node(r.port, "a");
+        let (mut sb, mut b) = node(r.port, "b");
+        assert_eq!(sb.receive(&mut b, unix_now_ms()).unwrap(), Received { changed: 0, full: true });
+        a.apply(&req(Op::Ban, 7, 2), unix_now_ms(), None);
+        assert_eq!(sa.send(&mut a, unix_now_ms()).unwrap(), 1);
+        assert!(a.pending().is_empty());
+        // b's blocking read of the log brings it.
+        let got = sb.receive(&mut b, unix_now_ms()).unwrap();
+        assert_eq!(got.changed, 1);
+        assert_eq!(b.get(Key::V4(7)).map(|x| (x.kind, x.node.as_str(), x.reason.as_str())), Some((Kind::Ban, "a", "pike")));
+        let mut c = raw(r.port);
+        let ttl: i64 = redis::cmd("PTTL").arg("t:ban:0.0.0.7").query(&mut c).unwrap();
+        assert!(ttl > 0 && ttl <= 3000, "{ttl}");
+        // An unban on b reaches a.
+        b.apply(&req(Op::Unban, 7, 0), unix_now_ms(), None);
+        sb.send(&mut b, unix_now_ms()).unwrap();
+        sa.receive(&mut a, unix_now_ms()).unwrap();
+        assert_eq!(a.get(Key::V4(7)).unwrap().kind, Kind::Lifted);
+        std::thread::sleep(Duration::from_millis(3100));
+        let keys: Vec<String> = redis::cmd("KEYS").arg("t:ban*").query(&mut c).unwrap();
+        assert!(keys.is_empty(), "expired records and their index are gone: {keys:?}");
+    }
+
+    #[test]
+    fn an_older_record_never_replaces_a_later_one_in_redis() {
+        let r = server(&[]);
+        let (mut sa, mut a) = node(r.port, "a");
+        let (mut sb, mut b) = node(r.port, "b");
+        let now = unix_now_ms();
+        a.apply(&req(Op::Ban, 1, 60), now, None);
+        b.apply(&req(Op::Ban, 1, 60), now + 5, None);
+        b.apply(&req(Op::Unban, 1, 0), now + 10, None);
+        sb.send(&mut b, now).unwrap();
+        // a was cut off and sends its older ban late: refused, and a adopts b's unban.
+        sa.send(&mut a, now).unwrap();
+        sa.receive(&mut a, now).unwrap();
+        assert_eq!(a.get(Key::V4(1)).unwrap().kind, Kind::Lifted);
+        let mut c = raw(r.port);
+        let rec: String = redis::cmd("GET").arg("t:ban:0.0.0.1").query(&mut c).unwrap();
+        assert!(rec.starts_with("u|"), "{rec}");
+    }
+
+    #[test]
+    fn after_a_flush_every_node_writes_back_what_it_holds() {
+        let r = server(&[]);
+        let (mut sa, mut a) = node(r.port, "a");
+        let (mut sb, mut b) = node(r.port, "b");
+        a.apply(&req(Op::Ban, 1, 60), unix_now_ms(), None);
+        sa.send(&mut a, unix_now_ms()).unwrap();
+        sb.receive(&mut b, unix_now_ms()).unwrap();
+        let mut c = raw(r.port);
+        let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+        // b's next full read finds nothing and writes back the ban it holds.
+        sb.reset();
+        sb.receive(&mut b, unix_now_ms()).unwrap();
+        assert_eq!(b.pending().len(), 1);
+        sb.send(&mut b, unix_now_ms()).unwrap();
+        let rec: Option<String> = redis::cmd("GET").arg("t:ban:0.0.0.1").query(&mut c).unwrap();
+        assert!(rec.is_some_and(|r| r.starts_with("b|")));
+        // A joiner starts with it.
+        let (mut sj, mut j) = node(r.port, "joiner");
+        sj.receive(&mut j, unix_now_ms()).unwrap();
+        assert_eq!(j.get(Key::V4(1)).map(|x| x.node.clone()), Some("a".into()));
+    }
+}

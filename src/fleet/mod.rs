@@ -16,7 +16,7 @@
 
 pub mod layout;
 #[cfg(test)]
-mod redis_tests;
+pub(crate) mod redis_tests;
 mod sentinel;
 pub mod target;
 

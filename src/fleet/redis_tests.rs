@@ -7,9 +7,9 @@ use super::*;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     dir: PathBuf,
 }
 
@@ -40,7 +40,7 @@ fn start(bin: &str, args: &[String], port: u16, dir: PathBuf) -> Option<Server> 
 }
 
 /// A redis-server these tests cannot do without: no program is a failure, not a skip.
-fn server(extra: &[&str]) -> Server {
+pub(crate) fn server(extra: &[&str]) -> Server {
     redis_server(extra).expect("cannot start redis-server: scripts/setup-debian.sh installs it, and these tests need it")
 }
 
@@ -55,7 +55,7 @@ fn redis_server(extra: &[&str]) -> Option<Server> {
     start("redis-server", &args, port, dir)
 }
 
-fn settings(port: u16, node: &str, password: Option<&str>) -> FleetSettings {
+pub(crate) fn settings(port: u16, node: &str, password: Option<&str>) -> FleetSettings {
     let creds = password.map(|p| format!(":{p}@")).unwrap_or_default();
     FleetSettings {
         target: RedisTarget::parse(&format!("redis://{creds}127.0.0.1:{port}")).unwrap(),
@@ -71,7 +71,7 @@ fn settings(port: u16, node: &str, password: Option<&str>) -> FleetSettings {
     }
 }
 
-fn raw(port: u16) -> Connection {
+pub(crate) fn raw(port: u16) -> Connection {
     Client::open(format!("redis://127.0.0.1:{port}")).unwrap().get_connection().unwrap()
 }
 
