@@ -173,9 +173,14 @@ impl Ring {
     }
 
     /// Requests waiting (approximate while producers are active).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "bench"))]
     pub fn len(&self) -> u64 {
         self.hdr().enq.0.load(Relaxed) - self.hdr().deq.0.load(Relaxed)
+    }
+
+    #[cfg(any(test, feature = "bench"))]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
