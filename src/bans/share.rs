@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 const FULL_EVERY: Duration = Duration::from_secs(30);
 /// How long a read of the log waits for news: the keeper's pace while Redis answers.
 pub const BLOCK_MS: u64 = 50;
+/// Records written in one round trip.
+const PIPELINE: usize = 256;
 /// What the log keeps: a minute of writes.
 const LOG_KEEP_MS: u64 = 60_000;
 
@@ -97,20 +99,44 @@ impl Share {
         Share { client: Fleet::new(fs), prefix, index, log, write: Script::new(WRITE), read: Script::new(READ), cursor: None, full_at: None, max }
     }
 
-    /// Writes every pending record. Stops at the first error (the rest stay pending).
+    /// Writes every pending record, in pipelines of up to `PIPELINE`: a flood of bans costs a
+    /// round trip per batch, not per ban. Stops at the first error (the rest stay pending).
     pub fn send(&mut self, store: &mut Store, now_ms: u64) -> Result<usize, FleetError> {
+        let pending = store.pending();
         let mut n = 0;
-        for (k, b) in store.pending() {
-            let addr = k.to_ip().to_string();
-            let (key, rec) = (format!("{}{addr}", self.prefix), b.encode());
+        for batch in pending.chunks(PIPELINE) {
+            let rows: Vec<(String, String, String, u64, u64)> = batch
+                .iter()
+                .map(|(k, b)| {
+                    let addr = k.to_ip().to_string();
+                    (format!("{}{addr}", self.prefix), addr, b.encode(), b.expires.saturating_mul(1000), b.made_at)
+                })
+                .collect();
             let (index, log, w) = (&self.index, &self.log, &self.write);
-            let exp = b.expires.saturating_mul(1000);
-            let _: i64 = self
-                .client
-                .exchange(|c| w.key(&key).key(index).key(log).arg(&addr).arg(&rec).arg(exp).arg(now_ms).arg(b.made_at).arg(LOG_KEEP_MS).invoke(c))?;
+            let invocation = |r: &(String, String, String, u64, u64)| {
+                let mut inv = w.prepare_invoke();
+                inv.key(&r.0).key(index).key(log).arg(&r.1).arg(&r.2).arg(r.3).arg(now_ms).arg(r.4).arg(LOG_KEEP_MS);
+                inv
+            };
+            self.client.exchange(|c| {
+                // The first alone: it loads the script if Redis does not have it (a restart, a
+                // new master); the others then go by its SHA in one pipeline.
+                let _: i64 = invocation(&rows[0]).invoke(c)?;
+                if rows.len() > 1 {
+                    let invs: Vec<_> = rows[1..].iter().map(invocation).collect();
+                    let mut p = redis::pipe();
+                    for inv in &invs {
+                        p.invoke_script(inv).ignore();
+                    }
+                    p.query::<()>(c)?;
+                }
+                Ok(())
+            })?;
             // Written, or refused because Redis holds a later record, which the log brings.
-            store.sent(k, b.made_at);
-            n += 1;
+            for (k, b) in batch {
+                store.sent(*k, b.made_at);
+            }
+            n += batch.len();
         }
         Ok(n)
     }
@@ -239,6 +265,29 @@ mod tests {
         std::thread::sleep(Duration::from_millis(3100));
         let keys: Vec<String> = redis::cmd("KEYS").arg("t:ban*").query(&mut c).unwrap();
         assert!(keys.is_empty(), "expired records and their index are gone: {keys:?}");
+    }
+
+    #[test]
+    fn a_burst_of_bans_goes_out_in_pipelines_and_arrives_whole() {
+        let r = server(&[]);
+        let (mut sa, mut a) = node(r.port, "a");
+        let (mut sb, mut b) = node(r.port, "b");
+        let mut a = std::mem::replace(&mut a, Store::new(1000, "a", true));
+        let mut b = std::mem::replace(&mut b, Store::new(1000, "b", true));
+        sb.receive(&mut b, unix_now_ms()).unwrap();
+        for i in 0..600 {
+            a.apply(&req(Op::Ban, 0x0a00_0000 + i, 60), unix_now_ms(), None);
+        }
+        // A flushed script cache: the first write of each batch loads it again.
+        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut raw(r.port)).unwrap();
+        assert_eq!(sa.send(&mut a, unix_now_ms()).unwrap(), 600);
+        let mut got = 0;
+        for _ in 0..10 {
+            got += sb.receive(&mut b, unix_now_ms()).unwrap().changed;
+        }
+        assert_eq!(got, 600);
+        let n: i64 = redis::cmd("ZCARD").arg("t:bans").query(&mut raw(r.port)).unwrap();
+        assert_eq!(n, 600);
     }
 
     #[test]
