@@ -260,7 +260,7 @@ mod tests {
         let mut got = 0usize;
         let mut seen = std::collections::HashSet::new();
         let mut done = 0;
-        while done < 4 || r.len() > 0 {
+        while done < 4 || !r.is_empty() {
             match r.pop() {
                 Some(q) => {
                     assert!(seen.insert(q.key), "each request once");
