@@ -86,6 +86,8 @@ FLOOD_HOOK = {
 """,
 }
 LOOPS = {"kamailio": "max_while_loops=20000\n", "opensips": "max_while_loops=20000\n"}
+# The sample configs' flood protection (pike feeding apiban_ban) is on with this define.
+ANTIFLOOD = {"kamailio": {"WITH_ANTIFLOOD": None}, "opensips": {"WITH_ANTIFLOOD": "yes"}}
 
 
 @for_each_server
@@ -106,7 +108,7 @@ class Bans:
 
     @classmethod
     def new_server(cls, feed_url=None):
-        s = make(cls.kind, cls.tmp.path, feed_url or cls.feed.url, key=KEY,
+        s = make(cls.kind, cls.tmp.path, feed_url or cls.feed.url, key=KEY, defines=ANTIFLOOD[cls.kind],
                  modparams=[("allow", f'"{ALLOWED}"'), ("ban_max_ttl", '"1d"')],
                  route_hook=FLOOD_HOOK[cls.kind], globals_text=LOOPS[cls.kind])
         return s
@@ -274,7 +276,7 @@ class FleetBans(unittest.TestCase):
         q = (lambda v: f'"{v}"') if kind == "kamailio" else (lambda v: v)
         n = make(kind, d, self.feed.url, key=KEY, defines={
             "APIBAN_REDIS_URL": q(url), "APIBAN_NODE_ID": q(name), "APIBAN_INTERVAL": "1", "APIBAN_RATE_LIMIT": q("4/10"),
-        }, modparams=[("leader_ttl", '"3"'), ("timeout", "1")])
+            **ANTIFLOOD[kind]}, modparams=[("leader_ttl", '"3"'), ("timeout", "1")])
         n.name = name
         self.addCleanup(n.stop)
         return n
