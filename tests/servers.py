@@ -36,7 +36,7 @@ HAVE_TREE = os.access(OPENSIPS, os.X_OK) and os.path.isfile(os.path.join(OPENSIP
 OPENSIPS_CFG = os.path.join(REPO, "opensips-cfg", "opensips.cfg")
 TARGET_DIR = os.path.join(REPO, "target", "opensips")
 MODULE = os.path.join(TARGET_DIR, "release", "libapiban.so")
-TREE_MODULES = ("sl", "signaling", "mi_fifo")
+TREE_MODULES = ("sl", "signaling", "mi_fifo", "pike")  # pike: the sample config's WITH_ANTIFLOOD
 
 KEY = "k-osips-0123456789"
 REQUIRED = os.environ.get("APIBAN_REQUIRE_OPENSIPS") == "1"
