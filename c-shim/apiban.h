@@ -25,7 +25,7 @@
 #define APIBAN_QUEUED       1    /* handed to the refresher; in force within a few ms */
 #define APIBAN_DROPPED     (-1)  /* the queue was full: dropped and counted in ban_drops */
 /*      APIBAN_BAD_ADDRESS (-2)     the address is not an IP address */
-#define APIBAN_BAD_TTL     (-3)  /* ttl 0, negative or above ban_max_ttl */
+#define APIBAN_BAD_TTL     (-3)  /* ttl 0 or above ban_max_ttl (a negative one means ban_ttl) */
 #define APIBAN_BAD_REASON  (-4)  /* reason longer than APIBAN_REASON_LEN bytes or not printable */
 
 /* The longest reason a ban may carry, in bytes. */
@@ -187,7 +187,8 @@ int apiban_unban(const char *ip, size_t ip_len);
 
 /* RPC/MI apiban.ban IP [TTL] [REASON]: ttl and reason are text as the operator typed them (NULL:
  * absent). Waits (at most 2 s) until the ban is in force. 0 done (out: what is now in force),
- * -1 refused (out->error says why; nothing changed). */
+ * -1 refused (out->error says why, or is empty when the module is not initialised; nothing
+ * changed). */
 int apiban_admin_ban(const char *ip, size_t ip_len, const char *ttl, size_t ttl_len,
 		const char *reason, size_t reason_len, struct apiban_reply *out);
 
@@ -198,8 +199,9 @@ int apiban_admin_unban(const char *ip, size_t ip_len, struct apiban_reply *out);
  * exempted, not listed). 0 done, -1 refused (a bad address: out->error). */
 int apiban_admin_lookup(const char *ip, size_t ip_len, struct apiban_reply *out);
 
-/* RPC/MI apiban.bans: calls each(ctx, ban) for at most max local bans, newest first; returns how
- * many bans are in force (which may be more than were listed), -1 not initialised. */
+/* RPC/MI apiban.bans: calls each(ctx, ban) for at most max local bans and exemptions, newest
+ * first; returns how many there are in force (which may be more than were listed), -1 not
+ * initialised. */
 int apiban_admin_bans(size_t max, void (*each)(void *ctx, const struct apiban_reply *ban), void *ctx);
 
 #endif /* APIBAN_H */

@@ -85,17 +85,17 @@ pub fn ban(m: &Module, ip: &[u8], ttl: Option<&[u8]>, reason: Option<&[u8]>, out
         None => -1,
         Some(t) => match parse_seconds(&t) {
             Some(s) => s.min(i64::MAX as u64) as i64,
-            None => return r.error(&format!("apiban.ban {}: '{}' is not a ttl in seconds (like 3600 or 1h)", shown(ip), shown(t.as_bytes()))),
+            None => return r.error(&format!("{}: '{}' is not a ttl in seconds (like 3600 or 1h)", shown(ip), shown(t.as_bytes()))),
         },
     };
     let req = match ban_request(ip, ttl, reason.unwrap_or(b""), cfg.ban_ttl, cfg.ban_max_ttl, m.table.now()) {
         Ok(q) => q,
-        Err(code) => return r.error(&format!("apiban.ban {}: {}", shown(ip), refusal_text(code, cfg.ban_max_ttl))),
+        Err(code) => return r.error(&format!("{}: {}", shown(ip), refusal_text(code, cfg.ban_max_ttl))),
     };
     let before = m.board.find(req.key).map(|(_, b)| b.made_at);
     if !m.ring.push(&req) {
         m.stats.get().mine().ban_drops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return r.error(&format!("apiban.ban {}: {}", shown(ip), refusal_text(-1, 0)));
+        return r.error(&format!("{}: {}", shown(ip), refusal_text(-1, 0)));
     }
     let applied = wait(|| m.board.find(req.key).is_some_and(|(_, b)| b.kind == Kind::Ban && Some(b.made_at) != before));
     describe(m, req.key, applied, &mut r);
@@ -107,17 +107,17 @@ pub fn unban(m: &Module, ip: &[u8], out: &mut apiban_reply) -> i32 {
     let mut r = Reply::new(out);
     let req = match unban_request(ip, m.table.now()) {
         Ok(q) => q,
-        Err(code) => return r.error(&format!("apiban.unban {}: {}", shown(ip), refusal_text(code, 0))),
+        Err(code) => return r.error(&format!("{}: {}", shown(ip), refusal_text(code, 0))),
     };
     let held = m.board.find(req.key).filter(|(_, b)| b.live(m.bans.now()));
     if held.as_ref().is_none_or(|(_, b)| b.kind != Kind::Ban) && m.table.expiry(req.key).is_none() {
         let what = if held.is_some() { "is already exempted" } else { "is neither banned nor listed by APIBAN" };
-        return r.error(&format!("apiban.unban {}: {} {what}: nothing to unban", shown(ip), req.key.to_ip()));
+        return r.error(&format!("{} {what}: nothing to unban", req.key.to_ip()));
     }
     let before = held.map(|(_, b)| b.made_at);
     if !m.ring.push(&req) {
         m.stats.get().mine().ban_drops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return r.error(&format!("apiban.unban {}: {}", shown(ip), refusal_text(-1, 0)));
+        return r.error(&format!("{}: {}", shown(ip), refusal_text(-1, 0)));
     }
     let applied = wait(|| m.board.find(req.key).map(|(_, b)| b.made_at) != before);
     describe(m, req.key, applied, &mut r);
@@ -132,7 +132,7 @@ pub fn lookup(m: &Module, ip: &[u8], out: &mut apiban_reply) -> i32 {
             describe(m, k, true, &mut r);
             0
         }
-        None => r.error(&format!("apiban.lookup {}: not an IP address", shown(ip))),
+        None => r.error(&format!("{}: not an IP address", shown(ip))),
     }
 }
 

@@ -119,7 +119,7 @@ impl<'a> Keeper<'a> {
                     let until = self.store.get(r.key).map_or(0, |b| b.expires);
                     log_info!("bans: {ip} unbanned by node {}: listed by APIBAN, let through until its listing ends (unix {until})", self.m.node)
                 }
-                Applied::Nothing => {}
+                Applied::Renewed | Applied::Nothing => {}
             }
             self.changed |= applied != Applied::Nothing;
         }

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
     Banned,
+    /// A ban of an address already banned: its expiry kept or extended, nothing new to log.
+    Renewed,
     /// A ban lifted.
     Lifted,
     /// A feed address let through until its listing ends.
@@ -55,7 +57,14 @@ impl Store {
             Op::Ban => {
                 ban.expires = r.made_at.max(now.saturating_sub(5)) + r.ttl as u64;
                 ban.reason = r.reason().to_string();
-                Applied::Banned
+                match old.filter(|b| b.kind == Kind::Ban && b.live(now)) {
+                    // A script that bans on each request until the ban is in force: one ban.
+                    Some(b) => {
+                        ban.expires = ban.expires.max(b.expires);
+                        Applied::Renewed
+                    }
+                    None => Applied::Banned,
+                }
             }
             Op::Unban => {
                 let was = old.filter(|b| b.kind == Kind::Ban && b.live(now)).map(|b| b.expires);
@@ -220,6 +229,7 @@ mod tests {
     fn a_ban_an_unban_and_an_exemption() {
         let mut s = Store::new(10, "me", true);
         assert_eq!(s.apply(&req(Op::Ban, 1, 60, 1000), 1_000_000, None), Applied::Banned);
+        assert_eq!(s.apply(&req(Op::Ban, 1, 30, 1000), 1_000_010, None), Applied::Renewed);
         let b = s.get(Key::V4(1)).unwrap().clone();
         assert_eq!((b.kind, b.expires, b.reason.as_str(), b.node.as_str(), b.pending), (Kind::Ban, 1060, "pike", "me", true));
         // Unbanned: kept as lifted until it would have expired.
