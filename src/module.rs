@@ -174,7 +174,9 @@ fn load_bans(settings: &Settings, bans: &Table, exempt: &Table, board: &Board, s
         store.adopt(*k, b.clone());
     }
     store.evict();
-    let n = bans::publish(bans, exempt, board, &store.in_force(now));
+    let live = store.in_force(now);
+    let n = bans::publish_tables(bans, exempt, &live);
+    bans::publish_board(board, live);
     num!(stats.get(), bans).store(n as u64, Relaxed);
     let note = if bad > 0 { format!(" ({bad} damaged line(s) skipped)") } else { String::new() };
     log_info!("bans file {} loaded: {n} ban(s) in force{note}", path.display());

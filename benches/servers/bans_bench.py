@@ -37,9 +37,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 sys.path.insert(0, os.path.join(REPO, "benches", "servers"))
 
-from harness import KAMAILIO_CFG, FakeApiban, TempDir, read_text, sip_exchange, sip_options, wait_until  # noqa: E402
-from kamailio_bench import (BenchKamailio, alternate, cpu_of_pids, loadavg, paired, ps, strip_checks,  # noqa: E402
-                            KEY)
+from harness import KAMAILIO_CFG, FakeApiban, read_text, sip_exchange, sip_options, wait_until  # noqa: E402
+from kamailio_bench import (BenchKamailio, TempDir, alternate, cpu_of_pids, loadavg, paired, ps,  # noqa: E402
+                            strip_checks, KEY)
 from redis_server import RedisServer  # noqa: E402
 
 SECTION = "## 6. Local bans"
@@ -161,8 +161,8 @@ def part_propagation(args, out):
                     modparams=[("api_version", "1")], module=args.module, cfg_text=text)
                 nodes.append(n)
                 n.start()
-            for n in nodes:
-                n.wait_synced(entries=10, timeout=60)
+            for n in nodes:  # followers hold the list without pulling it
+                wait_until(lambda: n.stats()["entries"] == 10, timeout=60, step=0.2, what="a node holding the list")
             n1, others = nodes[0], nodes[1:]
             for i in range(samples):
                 ip = f"127.0.{100 + i // 200}.{1 + i % 200}"

@@ -92,12 +92,13 @@ pub fn ban(m: &Module, ip: &[u8], ttl: Option<&[u8]>, reason: Option<&[u8]>, out
         Ok(q) => q,
         Err(code) => return r.error(&format!("{}: {}", shown(ip), refusal_text(code, cfg.ban_max_ttl))),
     };
+    fresh(m);
     let before = m.board.find(req.key).map(|(_, b)| b.made_at);
     if !m.ring.push(&req) {
         m.stats.get().mine().ban_drops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return r.error(&format!("{}: {}", shown(ip), refusal_text(-1, 0)));
     }
-    let applied = wait(|| m.board.find(req.key).is_some_and(|(_, b)| b.kind == Kind::Ban && Some(b.made_at) != before));
+    let applied = wait(|| fresh(m) && m.board.find(req.key).is_some_and(|(_, b)| b.kind == Kind::Ban && Some(b.made_at) != before));
     describe(m, req.key, applied, &mut r);
     0
 }
@@ -109,6 +110,7 @@ pub fn unban(m: &Module, ip: &[u8], out: &mut apiban_reply) -> i32 {
         Ok(q) => q,
         Err(code) => return r.error(&format!("{}: {}", shown(ip), refusal_text(code, 0))),
     };
+    fresh(m);
     let held = m.board.find(req.key).filter(|(_, b)| b.live(m.bans.now()));
     if held.as_ref().is_none_or(|(_, b)| b.kind != Kind::Ban) && m.table.expiry(req.key).is_none() {
         let what = if held.is_some() { "is already exempted" } else { "is neither banned nor listed by APIBAN" };
@@ -119,7 +121,7 @@ pub fn unban(m: &Module, ip: &[u8], out: &mut apiban_reply) -> i32 {
         m.stats.get().mine().ban_drops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return r.error(&format!("{}: {}", shown(ip), refusal_text(-1, 0)));
     }
-    let applied = wait(|| m.board.find(req.key).map(|(_, b)| b.made_at) != before);
+    let applied = wait(|| fresh(m) && m.board.find(req.key).map(|(_, b)| b.made_at) != before);
     describe(m, req.key, applied, &mut r);
     0
 }
@@ -129,6 +131,7 @@ pub fn lookup(m: &Module, ip: &[u8], out: &mut apiban_reply) -> i32 {
     let mut r = Reply::new(out);
     match parse_text(ip) {
         Some(k) => {
+            fresh(m);
             describe(m, k, true, &mut r);
             0
         }
@@ -139,6 +142,7 @@ pub fn lookup(m: &Module, ip: &[u8], out: &mut apiban_reply) -> i32 {
 /// `apiban.bans`: the first `max` bans and exemptions, newest first; returns how many there are.
 pub fn list(m: &Module, max: usize, mut each: impl FnMut(&apiban_reply)) -> usize {
     let now = m.bans.now();
+    fresh(m);
     let (bans, total) = m.board.list(max);
     // SAFETY: apiban_reply is plain data (integers, pointers, byte arrays): all zeros is valid.
     let mut out: apiban_reply = unsafe { std::mem::zeroed() };
@@ -153,6 +157,15 @@ pub fn list(m: &Module, max: usize, mut each: impl FnMut(&apiban_reply)) -> usiz
         each(&out);
     }
     total
+}
+
+/// Has the keeper publish the board now (it does at its own pace only once a second) and waits
+/// for it: what the admin command reads is then what the tables hold. False when the keeper did
+/// not answer within APPLY_WAIT (the refresher is not running).
+fn fresh(m: &Module) -> bool {
+    let g = m.board.published();
+    m.board.want();
+    wait(|| m.board.published() != g)
 }
 
 /// Polls `done` every 10 ms for at most APPLY_WAIT.

@@ -1,8 +1,9 @@
 //! The local bans as the admin commands read them (`apiban.lookup`, `apiban.bans`): who made
 //! each, when, why, until when. The SIP workers never read this; they probe the ban tables.
 //!
-//! One shared mapping, written only by the ban keeper in the refresher, read by whichever
-//! process serves RPC/MI: two generations of fixed-size records, newest first, published like
+//! One shared mapping, written only by the ban keeper in the refresher (at most once a second,
+//! or at once when an admin command waits for a change: a flood of bans must not rewrite it at
+//! every pass), read by whichever process serves RPC/MI: two generations of fixed-size records, newest first, published like
 //! the table (build the unpublished one, flip `current`) with a sequence number per generation
 //! that a reader checks after copying, and retries on a change.
 
@@ -27,6 +28,11 @@ struct Gen {
 #[repr(C, align(64))]
 struct Header {
     current: AtomicU64,
+    /// Set by an admin command that waits for a change: the keeper then publishes at its next
+    /// pass rather than at its own pace.
+    wanted: AtomicU64,
+    /// Publishes so far: an admin command that asked for one waits for this to move.
+    published: AtomicU64,
     gens: [Gen; 2],
 }
 
@@ -57,6 +63,20 @@ impl Board {
         }
     }
 
+    /// Asks the keeper for a publish at its next pass (an admin command waiting to see a change).
+    pub fn want(&self) {
+        self.hdr().wanted.store(1, Relaxed);
+    }
+
+    pub fn published(&self) -> u64 {
+        self.hdr().published.load(Acquire)
+    }
+
+    /// Whether a publish was asked for since the last call (the keeper only).
+    pub fn take_wanted(&self) -> bool {
+        self.hdr().wanted.swap(0, Relaxed) != 0
+    }
+
     /// Publishes `bans` (newest first, at most `max`). The keeper only.
     pub fn publish(&self, bans: &[(Key, &Ban)]) {
         let h = self.hdr();
@@ -72,6 +92,7 @@ impl Board {
         gen.len.store(n as u64, Relaxed);
         gen.seq.store(odd.wrapping_add(1), Release);
         h.current.store(g as u64, Release);
+        h.published.fetch_add(1, Release);
     }
 
     /// Runs `f` on a consistent copy of the published records (None: a writer died mid-publish).

@@ -89,10 +89,9 @@ impl Ban {
     }
 }
 
-/// Publishes what is in force (newest first) into the shared tables the workers probe and the
-/// board the admin commands read; returns the number of bans (exemptions not counted). The
-/// single writer: mod_init before the fork, the keeper after it.
-pub fn publish(bans: &crate::table::Table, exempt: &crate::table::Table, board: &board::Board, live: &[(Key, &Ban)]) -> usize {
+/// Publishes what is in force into the shared tables the workers probe; returns the number of
+/// bans (exemptions not counted). The single writer: mod_init before the fork, the keeper after it.
+pub fn publish_tables(bans: &crate::table::Table, exempt: &crate::table::Table, live: &[(Key, &Ban)]) -> usize {
     let (mut b4, mut b6, mut e4, mut e6) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (k, b) in live {
         let exp = b.expires.min(u32::MAX as u64) as u32;
@@ -106,8 +105,13 @@ pub fn publish(bans: &crate::table::Table, exempt: &crate::table::Table, board: 
     let seed = crate::os::random_u64();
     bans.publish(&crate::table::Entries { v4: &b4, v6: &b6 }, seed);
     exempt.publish(&crate::table::Entries { v4: &e4, v6: &e6 }, seed.rotate_left(7));
-    board.publish(live);
     b4.len() + b6.len()
+}
+
+/// Publishes the records the admin commands read, newest first.
+pub fn publish_board(board: &board::Board, mut live: Vec<(Key, &Ban)>) {
+    live.sort_unstable_by_key(|(_, b)| std::cmp::Reverse(b.made_at));
+    board.publish(&live);
 }
 
 /// `ttl` as the script gives it (< 0: `ban_ttl`), checked against `ban_max_ttl`.

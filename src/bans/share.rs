@@ -5,7 +5,8 @@
 //! - `P:bans`: the addresses, scored by expiry (ms): the index a full read walks; pruned on
 //!   every write and expiring with its last member.
 //! - `P:bans:log`: a stream of every write (`a` address, `r` record), which each node reads with
-//!   a blocking `XREAD`: a ban reaches the other nodes as soon as it is written. Trimmed to the
+//!   a blocking `XREAD` on a connection of its own (the keeper's reader thread): a ban reaches
+//!   the other nodes as soon as it is written. Trimmed to the
 //!   last minute, and gone with the last record; a node that was away reads everything again
 //!   (and does so every `FULL_EVERY` anyway).
 //!
@@ -24,8 +25,6 @@ use std::time::{Duration, Instant};
 
 /// How often a node reads every ban again, whatever the log said.
 const FULL_EVERY: Duration = Duration::from_secs(30);
-/// How long a read of the log waits for news: the keeper's pace while Redis answers.
-pub const BLOCK_MS: u64 = 50;
 /// Records written in one round trip.
 const PIPELINE: usize = 256;
 /// What the log keeps: a minute of writes.
@@ -83,12 +82,29 @@ pub struct Share {
 }
 
 /// What a receive brought.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Received {
-    /// Records that changed what the node holds.
-    pub changed: usize,
-    /// Whether it was a full read.
-    pub full: bool,
+#[derive(Debug, PartialEq, Eq)]
+pub enum News {
+    /// Every record in force: the node adopts them and writes back what Redis lacks.
+    Full(Vec<(Key, Ban)>),
+    /// What the log brought since the last read.
+    Log(Vec<(Key, Ban)>),
+}
+
+impl News {
+    /// Applies the news to what the node holds; returns how many records changed it.
+    pub fn apply(self, store: &mut Store, now: u64) -> usize {
+        match self {
+            News::Log(records) => records.into_iter().map(|(k, b)| store.adopt(k, b) as usize).sum(),
+            News::Full(records) => {
+                let present: HashMap<Key, u64> = records.iter().map(|(k, b)| (*k, b.made_at)).collect();
+                let changed = records.into_iter().map(|(k, b)| store.adopt(k, b) as usize).sum();
+                // What we hold and Redis lacks (a flush, a failed-over master that had not got
+                // it): written again.
+                store.resend_missing(&present, now);
+                changed
+            }
+        }
+    }
 }
 
 impl Share {
@@ -142,44 +158,38 @@ impl Share {
     }
 
     /// Brings what other nodes wrote: everything on the first call, after a gap and every
-    /// FULL_EVERY; otherwise the log since the last entry, waiting at most BLOCK_MS for one.
-    pub fn receive(&mut self, store: &mut Store, now_ms: u64) -> Result<Received, FleetError> {
+    /// FULL_EVERY; otherwise the log since the last entry, waiting at most `block_ms` for one
+    /// (None: nothing came).
+    pub fn receive(&mut self, now_ms: u64, block_ms: u64) -> Result<Option<News>, FleetError> {
         let due = self.full_at.is_none_or(|t| t.elapsed() >= FULL_EVERY);
         match self.cursor.clone() {
-            Some(cursor) if !due => self.tail(store, &cursor),
-            _ => self.full(store, now_ms),
+            Some(cursor) if !due => self.tail(&cursor, block_ms),
+            _ => self.full(now_ms).map(Some),
         }
     }
 
-    fn full(&mut self, store: &mut Store, now_ms: u64) -> Result<Received, FleetError> {
+    fn full(&mut self, now_ms: u64) -> Result<News, FleetError> {
         let (index, log, prefix, r, max) = (&self.index, &self.log, &self.prefix, &self.read, self.max);
         let reply: Value = self.client.exchange(|c| r.key(index).key(log).arg(now_ms).arg(max).arg(prefix).invoke(c))?;
         let Value::Array(items) = reply else { return Err(FleetError::Garbage(format!("{index}: unexpected reply"))) };
         let mut it = items.iter();
         let cursor = it.next().and_then(text).ok_or_else(|| FleetError::Garbage(format!("{log}: no stream ID")))?;
-        let mut present = HashMap::new();
-        let mut changed = 0;
+        let mut records = Vec::new();
         while let (Some(a), Some(r)) = (it.next(), it.next()) {
-            let Some((k, b)) = record(a, r) else { continue };
-            present.insert(k, b.made_at);
-            changed += store.adopt(k, b) as usize;
+            records.extend(record(a, r));
         }
-        // What we hold and Redis lacks (a flush, a failed-over master that had not got it):
-        // written again.
-        store.resend_missing(&present, now_ms / 1000);
         self.cursor = Some(cursor);
         self.full_at = Some(Instant::now());
-        Ok(Received { changed, full: true })
+        Ok(News::Full(records))
     }
 
-    fn tail(&mut self, store: &mut Store, cursor: &str) -> Result<Received, FleetError> {
+    fn tail(&mut self, cursor: &str, block_ms: u64) -> Result<Option<News>, FleetError> {
         let log = &self.log;
         let reply: Value = self.client.exchange(|c| {
-            redis::cmd("XREAD").arg("COUNT").arg(1000).arg("BLOCK").arg(BLOCK_MS).arg("STREAMS").arg(log).arg(cursor).query(c)
+            redis::cmd("XREAD").arg("COUNT").arg(1000).arg("BLOCK").arg(block_ms).arg("STREAMS").arg(log).arg(cursor).query(c)
         })?;
-        let mut changed = 0;
         let entries = match &reply {
-            Value::Nil => return Ok(Received::default()),
+            Value::Nil => return Ok(None),
             Value::Array(streams) => streams.first().and_then(|s| match s {
                 Value::Array(kv) => kv.get(1),
                 _ => None,
@@ -188,6 +198,7 @@ impl Share {
             _ => None,
         };
         let Some(Value::Array(entries)) = entries else { return Err(FleetError::Garbage(format!("{log}: not a stream reply"))) };
+        let mut records = Vec::new();
         for e in entries {
             let Value::Array(parts) = e else { continue };
             let [id, Value::Array(fields)] = parts.as_slice() else { continue };
@@ -199,14 +210,12 @@ impl Share {
                     _ => {}
                 }
             }
-            if let Some((k, b)) = a.zip(r).and_then(|(a, r)| record(a, r)) {
-                changed += store.adopt(k, b) as usize;
-            }
+            records.extend(a.zip(r).and_then(|(a, r)| record(a, r)));
             if let Some(id) = text(id) {
                 self.cursor = Some(id);
             }
         }
-        Ok(Received { changed, full: false })
+        Ok(Some(News::Log(records)))
     }
 
     /// Forgets the log position: the next receive reads everything (after Redis came back).
@@ -241,18 +250,22 @@ mod tests {
         (Share::new(settings(port, name, None), 100), Store::new(100, name, true))
     }
 
+    /// One receive, applied: how many records changed the store.
+    fn recv(share: &mut Share, store: &mut Store) -> usize {
+        share.receive(unix_now_ms(), 100).unwrap().map_or(0, |n| n.apply(store, unix_now_ms() / 1000))
+    }
+
     #[test]
     fn a_ban_reaches_another_node_and_redis_forgets_it_when_it_expires() {
         let r = server(&[]);
         let (mut sa, mut a) = node(r.port, "a");
         let (mut sb, mut b) = node(r.port, "b");
-        assert_eq!(sb.receive(&mut b, unix_now_ms()).unwrap(), Received { changed: 0, full: true });
+        assert_eq!(sb.receive(unix_now_ms(), 100).unwrap(), Some(News::Full(vec![])));
         a.apply(&req(Op::Ban, 7, 2), unix_now_ms(), None);
         assert_eq!(sa.send(&mut a, unix_now_ms()).unwrap(), 1);
         assert!(a.pending().is_empty());
         // b's blocking read of the log brings it.
-        let got = sb.receive(&mut b, unix_now_ms()).unwrap();
-        assert_eq!(got.changed, 1);
+        assert_eq!(recv(&mut sb, &mut b), 1);
         assert_eq!(b.get(Key::V4(7)).map(|x| (x.kind, x.node.as_str(), x.reason.as_str())), Some((Kind::Ban, "a", "pike")));
         let mut c = raw(r.port);
         let ttl: i64 = redis::cmd("PTTL").arg("t:ban:0.0.0.7").query(&mut c).unwrap();
@@ -260,7 +273,7 @@ mod tests {
         // An unban on b reaches a.
         b.apply(&req(Op::Unban, 7, 0), unix_now_ms(), None);
         sb.send(&mut b, unix_now_ms()).unwrap();
-        sa.receive(&mut a, unix_now_ms()).unwrap();
+        recv(&mut sa, &mut a);
         assert_eq!(a.get(Key::V4(7)).unwrap().kind, Kind::Lifted);
         std::thread::sleep(Duration::from_millis(3100));
         let keys: Vec<String> = redis::cmd("KEYS").arg("t:ban*").query(&mut c).unwrap();
@@ -274,7 +287,7 @@ mod tests {
         let (mut sb, mut b) = node(r.port, "b");
         let mut a = std::mem::replace(&mut a, Store::new(1000, "a", true));
         let mut b = std::mem::replace(&mut b, Store::new(1000, "b", true));
-        sb.receive(&mut b, unix_now_ms()).unwrap();
+        recv(&mut sb, &mut b);
         for i in 0..600 {
             a.apply(&req(Op::Ban, 0x0a00_0000 + i, 60), unix_now_ms(), None);
         }
@@ -283,7 +296,7 @@ mod tests {
         assert_eq!(sa.send(&mut a, unix_now_ms()).unwrap(), 600);
         let mut got = 0;
         for _ in 0..10 {
-            got += sb.receive(&mut b, unix_now_ms()).unwrap().changed;
+            got += recv(&mut sb, &mut b);
         }
         assert_eq!(got, 600);
         let n: i64 = redis::cmd("ZCARD").arg("t:bans").query(&mut raw(r.port)).unwrap();
@@ -302,7 +315,7 @@ mod tests {
         sb.send(&mut b, now).unwrap();
         // a was cut off and sends its older ban late: refused, and a adopts b's unban.
         sa.send(&mut a, now).unwrap();
-        sa.receive(&mut a, now).unwrap();
+        recv(&mut sa, &mut a);
         assert_eq!(a.get(Key::V4(1)).unwrap().kind, Kind::Lifted);
         let mut c = raw(r.port);
         let rec: String = redis::cmd("GET").arg("t:ban:0.0.0.1").query(&mut c).unwrap();
@@ -316,19 +329,19 @@ mod tests {
         let (mut sb, mut b) = node(r.port, "b");
         a.apply(&req(Op::Ban, 1, 60), unix_now_ms(), None);
         sa.send(&mut a, unix_now_ms()).unwrap();
-        sb.receive(&mut b, unix_now_ms()).unwrap();
+        recv(&mut sb, &mut b);
         let mut c = raw(r.port);
         let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
         // b's next full read finds nothing and writes back the ban it holds.
         sb.reset();
-        sb.receive(&mut b, unix_now_ms()).unwrap();
+        recv(&mut sb, &mut b);
         assert_eq!(b.pending().len(), 1);
         sb.send(&mut b, unix_now_ms()).unwrap();
         let rec: Option<String> = redis::cmd("GET").arg("t:ban:0.0.0.1").query(&mut c).unwrap();
         assert!(rec.is_some_and(|r| r.starts_with("b|")));
         // A joiner starts with it.
         let (mut sj, mut j) = node(r.port, "joiner");
-        sj.receive(&mut j, unix_now_ms()).unwrap();
+        recv(&mut sj, &mut j);
         assert_eq!(j.get(Key::V4(1)).map(|x| x.node.clone()), Some("a".into()));
     }
 }
