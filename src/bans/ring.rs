@@ -17,7 +17,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::*};
 use std::time::{Duration, Instant};
 
-/// Slots in the ring: a burst this large between two wakes of the keeper (every 50 ms) is
+/// Slots in the ring: a burst this large between two passes of the keeper (every 10 ms) is
 /// queued; beyond it, dropped and counted.
 pub const SLOTS: usize = 4096;
 /// Words of one slot: two cache lines.
