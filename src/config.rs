@@ -375,6 +375,17 @@ mod tests {
     }
 
     #[test]
+    fn local_ban_parameters_and_their_bound_together() {
+        let c = set(&[("max_bans", "500"), ("ban_ttl", "30m"), ("ban_max_ttl", "2d")]).unwrap();
+        assert_eq!((c.max_bans, c.ban_ttl, c.ban_max_ttl), (500, 1800, 172_800));
+        assert!(set(&[("max_bans", "0")]).unwrap_err().contains("'max_bans'"));
+        assert!(set(&[("max_bans", "1000001")]).unwrap_err().contains("between 1 and 1000000"));
+        assert!(set(&[("ban_ttl", "0")]).unwrap_err().contains("'ban_ttl'"));
+        let e = set(&[("apikey", "k"), ("ban_ttl", "2d"), ("ban_max_ttl", "1d")]).unwrap().finish(None).unwrap_err();
+        assert_eq!(e, "parameter 'ban_ttl': 172800 s is longer than ban_max_ttl (86400 s)");
+    }
+
+    #[test]
     fn defaults_are_the_documented_ones() {
         let c = Config::default();
         assert_eq!((c.url.as_str(), c.api_version, c.set.as_str(), c.interval), (DEFAULT_URL, 2, "sip", 300));

@@ -214,7 +214,10 @@ def section(b):
             lines.append(f"| the ring's ceiling, {who} against a consumer that never pauses | "
                          f"{r['per_s'] / 1e6:.1f} M bans/s |")
         lines += ["| what the queue holds between two passes of the keeper (every 10 ms) | 4096 bans (409,600 bans/s); "
-                  "beyond, dropped and counted in `ban_drops` |", ""]
+                  "beyond, dropped and counted in `ban_drops` |", "",
+                  f"The ceilings scatter from run to run on a machine of {os.cpu_count()} cores: the producers and the "
+                  "consumer all spin, and with two producers there are more spinning threads than cores. Either is "
+                  "far above what the keeper takes (409,600 bans/s) and what SIP workers can ask (below).", ""]
     f = b.get("flood")
     if f:
         r = f["ratios"]
