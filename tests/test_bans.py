@@ -9,6 +9,7 @@ SIP is real (OPTIONS over UDP from 127.0.0.x sources); the feed is the fake APIB
 """
 
 import os
+import signal
 import socket
 import time
 import unittest
@@ -353,6 +354,49 @@ class FleetBans(unittest.TestCase):
         for n in [n1, n2b, n3, n4]:
             self.assertEqual(n.options("127.0.0.43"), 200, n.name)
             self.assertEqual(n.options(LISTED), 403, n.name)
+
+    def test_a_node_stopped_past_every_timer_and_a_node_killed_catch_up(self):
+        """SIGSTOP past the log's minute and the 30 s full read, kill -9 mid-life: what a node
+        missed reaches it, what it made survives, and every node agrees all along."""
+        nodes = [self.node("kamailio", f"life-{i}") for i in (1, 2, 3)]
+        for n in nodes:
+            n.start()
+        for n in nodes:
+            wait_until(lambda: n.stats()["entries"] == 11, timeout=30, step=0.2, what=f"{n.name} to hold the list")
+        n1, n2, n3 = nodes
+        os.killpg(n2.proc.pid, signal.SIGSTOP)
+        self.addCleanup(lambda: os.killpg(n2.proc.pid, signal.SIGCONT) if n2.proc.alive() else None)
+        # While node 2 sleeps: a long ban, a ban lifted, a ban that expires.
+        n1.ban("127.0.0.50", 600, "long")
+        n1.ban("127.0.0.51", 600, "lifted")
+        n3.unban("127.0.0.51")
+        n3.ban("127.0.0.52", 3, "short")
+        self.refused_within([n1, n3], "127.0.0.50", 403, 1.0)
+        # Past the log's minute (its entries trimmed) and two full-read periods.
+        time.sleep(65)
+        self.assertEqual(self.redis.cli("EXISTS", "apiban:ban:127.0.0.52"), "0", "an expired ban left Redis")
+        os.killpg(n2.proc.pid, signal.SIGCONT)
+        wait_until(lambda: n2.lookup("127.0.0.50")["verdict"] == "banned", timeout=5, step=0.1,
+                   what="node 2 to catch up with the ban it slept through")
+        for n in nodes:
+            self.assertEqual(n.options("127.0.0.50"), 403, n.name)
+            self.assertEqual(n.options("127.0.0.51"), 200, n.name)
+            self.assertEqual(n.options("127.0.0.52"), 200, n.name)
+        # kill -9 of node 1 right after it banned: the ban is in Redis and in its bans file.
+        n1.ban("127.0.0.53", 600, "then killed")
+        self.refused_within([n2, n3], "127.0.0.53", 403, 1.0)
+        os.killpg(n1.proc.pid, signal.SIGKILL)
+        n1.proc.p.wait(timeout=5)
+        n1.proc.stop()
+        n1b = self.node("kamailio", "life-1")
+        n1b.start()
+        for ip in ("127.0.0.50", "127.0.0.53"):
+            self.assertEqual(n1b.options(ip), 403, f"restarted node 1: {ip}")
+        self.assertEqual(n1b.options("127.0.0.51"), 200)
+        # Every node tells the same story of each address.
+        for ip in ("127.0.0.50", "127.0.0.51", "127.0.0.53"):
+            verdicts = {n.name: n.lookup(ip)["verdict"] for n in (n1b, n2, n3)}
+            self.assertEqual(len(set(verdicts.values())), 1, f"{ip}: {verdicts}")
 
 
 if __name__ == "__main__":
