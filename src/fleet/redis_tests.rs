@@ -21,8 +21,19 @@ impl Drop for Server {
     }
 }
 
+/// A loopback port no other test of this process was given: tests run in parallel, and two
+/// that drew the same port would share one redis-server (the second fails to bind, and its
+/// test talks to the first's), which is how this file once flaked.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let p = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&p) {
+            given.push(p);
+            return p;
+        }
+    }
 }
 
 /// Starts `bin` (redis-server or redis-sentinel) on `port` with `args` and waits until it
