@@ -14,6 +14,7 @@ use super::share::{News, Share, RETRY};
 use super::store::{self, Applied, Store};
 use super::ring::Op;
 use crate::clock::unix_now_ms;
+use crate::fleet::FleetSettings;
 use crate::log::{log_err, log_info, log_warn};
 use crate::module::Module;
 use crate::stats::num;
@@ -35,24 +36,24 @@ const BOARD_EVERY: Duration = Duration::from_secs(1);
 /// The bans file is written at most this often.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
-/// Starts the keeper thread. Called once, in the refresher process.
-pub fn start(m: &'static Module) {
+/// Starts the keeper thread. Called once, in the refresher process; `fleet`: the fleet's Redis,
+/// in fleet mode.
+pub fn start(m: &'static Module, fleet: Option<FleetSettings>) {
     // From now on two threads of this process log: the host's logger is not ours to trust with that.
     crate::log::serialize();
-    let spawned = std::thread::Builder::new().name("apiban bans".into()).spawn(move || run(m));
+    let spawned = std::thread::Builder::new().name("apiban bans".into()).spawn(move || run(m, fleet));
     if let Err(e) = spawned {
         log_err!("cannot start the ban keeper: {e}; apiban_ban and apiban.ban have no effect");
     }
 }
 
-fn run(m: &'static Module) {
+fn run(m: &'static Module, fleet: Option<FleetSettings>) {
     let cfg = &m.settings.cfg;
     let shared = cfg.redis_url.is_some();
     let mut store = Store::new(cfg.max_bans, &m.node, shared);
     for (k, b) in m.initial_bans.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default() {
         store.adopt(k, b);
     }
-    let fleet = crate::refresher::fleet_settings(&m.settings);
     let block_ms = (cfg.timeout * 1000 / 2).min(BLOCK_MAX_MS);
     let news = fleet.clone().map(|fs| reader(Share::new(fs, cfg.max_bans), block_ms));
     let mut writer = fleet.map(|fs| Share::new(fs, cfg.max_bans));
