@@ -18,6 +18,18 @@
 #define APIBAN_LISTED       1
 #define APIBAN_NOT_LISTED  (-1)
 #define APIBAN_BAD_ADDRESS (-2)
+/* apiban_check: banned here or by another node of the fleet (apiban_ban), not listed by APIBAN. */
+#define APIBAN_BANNED       2
+
+/* Results of apiban_ban / apiban_unban in the script (never 0 either). */
+#define APIBAN_QUEUED       1    /* handed to the refresher; in force within a few ms */
+#define APIBAN_DROPPED     (-1)  /* the queue was full: dropped and counted in ban_drops */
+/*      APIBAN_BAD_ADDRESS (-2)     the address is not an IP address */
+#define APIBAN_BAD_TTL     (-3)  /* ttl 0 or above ban_max_ttl (a negative one means ban_ttl) */
+#define APIBAN_BAD_REASON  (-4)  /* reason longer than APIBAN_REASON_LEN bytes or not printable */
+
+/* The longest reason a ban may carry, in bytes. */
+#define APIBAN_REASON_LEN 64
 
 /* Log levels the core uses; each shim maps them to its host's LM_* macros. */
 enum apiban_log_level {
@@ -66,6 +78,11 @@ struct apiban_host {
 	N(fleet_syncs, "fleet mode: updates of the table taken from Redis (as a follower)") \
 	N(redis_errors, "fleet mode: failed calls to Redis") \
 	N(leading, "fleet mode: 1 while this node holds the lease and talks to APIBAN, else 0") \
+	N(bans, "local bans in force (made by apiban_ban or apiban.ban here or on another node of the fleet)") \
+	N(bans_made, "bans made on this node (script and RPC/MI)") \
+	N(ban_drops, "bans and unbans dropped because the queue to the refresher was full") \
+	N(ban_evictions, "local bans evicted, oldest first, to stay within max_bans") \
+	N(local_hits, "lookups that found an address banned locally") \
 	N(settings_differ, "fleet mode: 1 while this node's settings differ from those the shared list was made with (it neither leads nor follows), else 0") \
 	T(last_error, "the last request's error, empty when it succeeded") \
 	T(state, "ok, syncing, backoff ..., starting") \
@@ -102,7 +119,8 @@ struct apiban_verdict {
 	X(apikey) X(apikey_file) X(url) X(api_version) X(set) X(interval) X(max_entries) \
 	X(timeout) X(rate_limit) X(snapshot_file) X(ttl) X(full_resync) X(allow) X(allow_file) \
 	X(ca_file) X(proxy) \
-	X(redis_url) X(redis_prefix) X(node_id) X(leader_ttl) X(fleet_fallback)
+	X(redis_url) X(redis_prefix) X(node_id) X(leader_ttl) X(fleet_fallback) \
+	X(max_bans) X(ban_ttl) X(ban_max_ttl)
 
 /* ---- host -> core ---------------------------------------------------------------------- */
 
@@ -139,5 +157,51 @@ int apiban_reload(void);
 
 /* Admin check: like apiban_check_text, with the reason. Does not count in checks/hits. */
 int apiban_admin_check(const char *text, size_t len, struct apiban_verdict *out);
+
+/* ---- local bans ------------------------------------------------------------------------ */
+
+/* A reply as a list of named fields, which each shim turns into its RPC struct or MI object in
+ * this order. name is a static NUL-terminated string; a field is a number or a text. */
+#define APIBAN_REPLY_FIELDS 16
+struct apiban_field {
+	const char *name;
+	int is_number;
+	uint64_t number;
+	char text[APIBAN_TEXT_LEN];
+};
+struct apiban_reply {
+	int count;
+	struct apiban_field fields[APIBAN_REPLY_FIELDS];
+	char error[APIBAN_TEXT_LEN]; /* why a command was refused (its return was -1) */
+};
+
+/* Script: ban ip for ttl seconds (ttl < 0: the ban_ttl parameter) with an optional reason
+ * (NULL or len 0: none). Never waits, makes no system call: the ban is queued to the refresher.
+ * Returns APIBAN_QUEUED or APIBAN_DROPPED, _BAD_ADDRESS, _BAD_TTL, _BAD_REASON (logged, at most
+ * once per 10 s per process). */
+int apiban_ban(const char *ip, size_t ip_len, long long ttl, const char *reason, size_t reason_len);
+
+/* Script: lift a local ban of ip; for an address APIBAN lists, exempt it until the listing
+ * expires. Queued like apiban_ban; the same results. */
+int apiban_unban(const char *ip, size_t ip_len);
+
+/* RPC/MI apiban.ban IP [TTL] [REASON]: ttl and reason are text as the operator typed them (NULL:
+ * absent). Waits (at most 2 s) until the ban is in force. 0 done (out: what is now in force),
+ * -1 refused (out->error says why, or is empty when the module is not initialised; nothing
+ * changed). */
+int apiban_admin_ban(const char *ip, size_t ip_len, const char *ttl, size_t ttl_len,
+		const char *reason, size_t reason_len, struct apiban_reply *out);
+
+/* RPC/MI apiban.unban IP: as apiban_admin_ban. */
+int apiban_admin_unban(const char *ip, size_t ip_len, struct apiban_reply *out);
+
+/* RPC/MI apiban.lookup IP: the verdict and why (listed by APIBAN, banned locally, allowed,
+ * exempted, not listed). 0 done, -1 refused (a bad address: out->error). */
+int apiban_admin_lookup(const char *ip, size_t ip_len, struct apiban_reply *out);
+
+/* RPC/MI apiban.bans: calls each(ctx, ban) for at most max local bans and exemptions, newest
+ * first; returns how many there are in force (which may be more than were listed), -1 not
+ * initialised. */
+int apiban_admin_bans(size_t max, void (*each)(void *ctx, const struct apiban_reply *ban), void *ctx);
 
 #endif /* APIBAN_H */

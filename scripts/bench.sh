@@ -6,6 +6,8 @@
 #      wall time, instructions per request (callgrind), sipp throughput, shared memory per entry
 #   4. SIP round-trip times while the table is replaced every second (benches/servers/kamailio_bench.py)
 #   5. fleet mode: publish to last follower, follower CPU, Redis memory and traffic (benches/servers/fleet_bench.py)
+#   6. local bans: apiban_ban's cost on the worker and the ring (benches/bans.rs), SIP throughput under a flood of
+#      bans, ban to refusal on the last node of a fleet (benches/servers/bans_bench.py)
 # then writes BENCHMARKS.md and benches/servers/load-cpu.png (benches/servers/report.py), and benches/servers/results.json.
 #
 #   bash scripts/bench.sh          full run, ~20 minutes (the fleet part ~5)
@@ -72,6 +74,14 @@ echo "== 5. fleet mode: one leader and three followers on one Redis"
 fargs=(--module "$module" --out "$results")
 [[ -n $tiny ]] && fargs+=(--tiny)
 "$PYTHON" benches/servers/fleet_bench.py "${fargs[@]}"
+
+echo "== 6. local bans: the worker's cost, a flood of bans, ban to refusal across a fleet"
+bargs=(--module "$module" --out "$results")
+[[ -n $tiny ]] && bargs+=(--tiny)
+"$PYTHON" benches/servers/bans_bench.py "${bargs[@]}"
+# Its micro-benchmark's `cargo bench` rebuilt target/release/libapiban.so with the bench feature:
+# the module again, so that it is the real one when this ends.
+cargo build --release --locked
 
 "$PYTHON" - "$results/run.json" "$start" <<'EOF'
 import json, sys, time

@@ -8,7 +8,7 @@
 #   - configured by Debian 13's own debian/rules (scripts/debian-source.sh), so src/config.mak holds
 #     the defines Debian 13's binary package is compiled with and build.rs can build the module
 #     against the tree;
-#   - only the core, kamcmd and the modules the tests load (sl pv xlog ctl kex tm xhttp xhttp_prom,
+#   - only the core, kamcmd and the modules the tests load (sl pv xlog ctl kex tm xhttp xhttp_prom pike,
 #     and app_lua as the KEMI engine), build dependencies from Debian 12;
 #   - installed under $KAMAILIO60_ROOT as Debian's package lays it out: usr/sbin/kamailio,
 #     usr/sbin/kamcmd, usr/lib/<multiarch>/kamailio/modules/.
@@ -27,7 +27,7 @@ source "$(dirname "$0")/debian-source.sh"
 KAMAILIO60_SRC=${KAMAILIO60_SRC:-/usr/local/src/kamailio-6.0}
 KAMAILIO60_ROOT=${KAMAILIO60_ROOT:-/usr/local/kamailio-6.0}
 SUITE=trixie
-MODULES=(sl pv xlog ctl kex tm xhttp xhttp_prom app_lua)
+MODULES=(sl pv xlog ctl kex tm xhttp xhttp_prom app_lua pike)
 # Build dependencies of those modules and of the core, from Debian 12 (debian/control of 6.0.1 asks
 # for the same: bison, flex, liblua5.1-0-dev, pkgconf, libreadline-dev for kamcmd).
 BUILD_DEPS=(bison flex liblua5.1-0-dev pkg-config libreadline-dev dpkg-dev make gcc)

@@ -6,8 +6,8 @@
 #
 #   - the tarball's sha256 is checked, then it is unpacked at $OPENSIPS_SRC (outside the repository,
 #     default /usr/local/src/opensips-3.6.8);
-#   - only the core (proto_udp is part of it) and the modules the tests load (sl signaling mi_fifo)
-#     are built, with make -j2, the build dependencies from Debian (bison, flex; ncurses for the
+#   - only the core (proto_udp is part of it) and the modules the tests load (sl signaling mi_fifo
+#     pike) are built, with make -j2, the build dependencies from Debian (bison, flex; ncurses for the
 #     osipsconfig that `make install-bin` builds);
 #   - installed under $OPENSIPS_ROOT (default /usr/local/opensips-3.6): sbin/opensips,
 #     lib64/opensips/modules/, etc/opensips/. The prefix is written into the tree's Makefile.conf,
@@ -31,8 +31,9 @@ VENDOR_TARBALL=$ROOT/../shared/vendor/opensips-3.6.8.tar.xz
 VENDOR_SHA256=848c1f413ce805a42dcb0e00123463a2402bc1ab9d639aa01e3e91b3e68851ed
 VENDOR_COMMIT=f9f85260e5def73e3f854f5e22d148d2d977e85f   # upstream tag 3.6.8
 OPENSIPS_ROOT=${OPENSIPS_ROOT:-/usr/local/opensips-3.6}
-# Every module the tests and opensips-cfg/opensips.cfg load (proto_udp is built into the core).
-MODULES=(sl signaling mi_fifo)
+# Every module the tests and opensips-cfg/opensips.cfg load (proto_udp is built into the core; pike
+# only with -DWITH_ANTIFLOOD).
+MODULES=(sl signaling mi_fifo pike)
 BUILD_DEPS=(bison flex make gcc m4 libncurses-dev)
 
 print_env=

@@ -82,7 +82,7 @@ if [[ $(. /etc/os-release && echo "${VERSION_CODENAME:-}") == bookworm ]]; then
         cargo build --release --locked
         t1=$(date +%s)
         cd tests
-        "$PYTHON" -m unittest -v test_end_to_end test_kamailio test_faults test_restart test_operator_errors test_kamailio_operator
+        "$PYTHON" -m unittest -v test_end_to_end test_bans test_kamailio test_faults test_restart test_operator_errors test_kamailio_operator
         echo "== Kamailio 6.0: server and module built in $((t1 - t0)) s, suites ran in $(($(date +%s) - t1)) s"
     )
 fi

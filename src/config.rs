@@ -49,6 +49,12 @@ pub struct Config {
     pub leader_ttl: u64,
     /// Seconds of Redis trouble after which a node pulls APIBAN on its own; 0 = never.
     pub fleet_fallback: u64,
+    /// Local bans and exemptions in force at most; the oldest are evicted beyond it.
+    pub max_bans: usize,
+    /// Seconds a local ban lasts when the call gives no ttl.
+    pub ban_ttl: u64,
+    /// The longest ttl a local ban may have.
+    pub ban_max_ttl: u64,
 }
 
 /// The parameters after mod_init's checks: the key resolved, the allow-list complete.
@@ -82,9 +88,15 @@ impl Default for Config {
             node_id: None,
             leader_ttl: 30,
             fleet_fallback: 900,
+            max_bans: 10_000,
+            ban_ttl: 3600,
+            ban_max_ttl: 7 * 86400,
         }
     }
 }
+
+/// Upper bound of max_bans: the ban records alone reserve 384 bytes each.
+const MAX_BANS_CAP: usize = 1_000_000;
 
 /// Upper bound of max_entries whatever the memory: 128 bytes of reservation per entry.
 const MAX_ENTRIES_CAP: usize = 100_000_000;
@@ -238,6 +250,15 @@ impl Config {
             "node_id" => self.node_id = Some(fleet_name(name, v)?),
             "leader_ttl" => self.leader_ttl = seconds(name, v, 2, 3600)?,
             "fleet_fallback" => self.fleet_fallback = seconds(name, v, 0, 30 * 86400)?,
+            "max_bans" => {
+                let n: usize = v.parse().map_err(|_| err(name, format!("'{v}' is not a number of bans")))?;
+                if !(1..=MAX_BANS_CAP).contains(&n) {
+                    return Err(err(name, format!("{n} is not between 1 and {MAX_BANS_CAP}")));
+                }
+                self.max_bans = n;
+            }
+            "ban_ttl" => self.ban_ttl = seconds(name, v, 1, 365 * 86400)?,
+            "ban_max_ttl" => self.ban_max_ttl = seconds(name, v, 1, 365 * 86400)?,
             _ => return Err(format!("unknown parameter '{name}'")),
         }
         Ok(())
@@ -285,6 +306,9 @@ impl Config {
                 })?;
                 self.allow.push((net, format!("allow_file {}:{} {l}", p.display(), i + 1)));
             }
+        }
+        if self.ban_ttl > self.ban_max_ttl {
+            return Err(err("ban_ttl", format!("{} s is longer than ban_max_ttl ({} s)", self.ban_ttl, self.ban_max_ttl)));
         }
         self.check_ca_file()?;
         self.check_fleet()?;
@@ -348,6 +372,17 @@ mod tests {
             c.set(n, v)?;
         }
         Ok(c)
+    }
+
+    #[test]
+    fn local_ban_parameters_and_their_bound_together() {
+        let c = set(&[("max_bans", "500"), ("ban_ttl", "30m"), ("ban_max_ttl", "2d")]).unwrap();
+        assert_eq!((c.max_bans, c.ban_ttl, c.ban_max_ttl), (500, 1800, 172_800));
+        assert!(set(&[("max_bans", "0")]).unwrap_err().contains("'max_bans'"));
+        assert!(set(&[("max_bans", "1000001")]).unwrap_err().contains("between 1 and 1000000"));
+        assert!(set(&[("ban_ttl", "0")]).unwrap_err().contains("'ban_ttl'"));
+        let e = set(&[("apikey", "k"), ("ban_ttl", "2d"), ("ban_max_ttl", "1d")]).unwrap().finish(None).unwrap_err();
+        assert_eq!(e, "parameter 'ban_ttl': 172800 s is longer than ban_max_ttl (86400 s)");
     }
 
     #[test]

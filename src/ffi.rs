@@ -4,7 +4,8 @@
 //! would take the whole server down. A caught panic is logged (by the hook installed in
 //! mod_init) and the function returns a safe answer: "not listed" for checks, -1 elsewhere.
 
-use crate::boundary::{self, apiban_host, apiban_stats, apiban_verdict, APIBAN_BAD_ADDRESS, APIBAN_NOT_LISTED};
+use crate::bans::admin;
+use crate::boundary::{self, apiban_host, apiban_reply, apiban_stats, apiban_verdict, APIBAN_BAD_ADDRESS, APIBAN_DROPPED, APIBAN_NOT_LISTED};
 use crate::log::log_err;
 use crate::module;
 use std::os::raw::{c_char, c_int};
@@ -175,6 +176,98 @@ pub unsafe extern "C" fn apiban_admin_check(text: *const c_char, len: usize, out
     })
 }
 
+/// # Safety
+/// `ip` points to `ip_len` readable bytes, `reason` is null or points to `reason_len`.
+#[no_mangle]
+pub unsafe extern "C" fn apiban_ban(ip: *const c_char, ip_len: usize, ttl: std::os::raw::c_longlong, reason: *const c_char, reason_len: usize) -> c_int {
+    guard("apiban_ban", APIBAN_DROPPED, || {
+        let Some(m) = module::get() else { return APIBAN_DROPPED };
+        // SAFETY: the caller's contract.
+        m.ban(unsafe { bytes(ip, ip_len) }, ttl, unsafe { bytes(reason, reason_len) })
+    })
+}
+
+/// # Safety
+/// `ip` points to `ip_len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn apiban_unban(ip: *const c_char, ip_len: usize) -> c_int {
+    guard("apiban_unban", APIBAN_DROPPED, || {
+        let Some(m) = module::get() else { return APIBAN_DROPPED };
+        // SAFETY: the caller's contract.
+        m.unban(unsafe { bytes(ip, ip_len) })
+    })
+}
+
+/// # Safety
+/// `p` is null (absent) or points to `len` readable bytes.
+unsafe fn optional<'a>(p: *const c_char, len: usize) -> Option<&'a [u8]> {
+    // SAFETY: the caller's contract.
+    (!p.is_null()).then(|| unsafe { bytes(p, len) })
+}
+
+/// # Safety
+/// As apiban.h: byte ranges readable, `out` a writable `struct apiban_reply`.
+#[no_mangle]
+pub unsafe extern "C" fn apiban_admin_ban(
+    ip: *const c_char,
+    ip_len: usize,
+    ttl: *const c_char,
+    ttl_len: usize,
+    reason: *const c_char,
+    reason_len: usize,
+    out: *mut apiban_reply,
+) -> c_int {
+    guard("apiban.ban", -1, || {
+        // SAFETY: the caller's contract.
+        let (Some(m), Some(out)) = (module::get(), unsafe { out.as_mut() }) else { return -1 };
+        // SAFETY: the caller's contract.
+        unsafe { admin::ban(m, bytes(ip, ip_len), optional(ttl, ttl_len), optional(reason, reason_len), out) }
+    })
+}
+
+/// # Safety
+/// `ip` points to `ip_len` readable bytes; `out` to a writable `struct apiban_reply`.
+#[no_mangle]
+pub unsafe extern "C" fn apiban_admin_unban(ip: *const c_char, ip_len: usize, out: *mut apiban_reply) -> c_int {
+    guard("apiban.unban", -1, || {
+        // SAFETY: the caller's contract.
+        let (Some(m), Some(out)) = (module::get(), unsafe { out.as_mut() }) else { return -1 };
+        // SAFETY: the caller's contract.
+        admin::unban(m, unsafe { bytes(ip, ip_len) }, out)
+    })
+}
+
+/// # Safety
+/// `ip` points to `ip_len` readable bytes; `out` to a writable `struct apiban_reply`.
+#[no_mangle]
+pub unsafe extern "C" fn apiban_admin_lookup(ip: *const c_char, ip_len: usize, out: *mut apiban_reply) -> c_int {
+    guard("apiban.lookup", -1, || {
+        // SAFETY: the caller's contract.
+        let (Some(m), Some(out)) = (module::get(), unsafe { out.as_mut() }) else { return -1 };
+        // SAFETY: the caller's contract.
+        admin::lookup(m, unsafe { bytes(ip, ip_len) }, out)
+    })
+}
+
+type EachBan = Option<unsafe extern "C" fn(*mut std::ffi::c_void, *const apiban_reply)>;
+
+/// # Safety
+/// `each` is null or a function that reads the reply it is given (valid for the call only);
+/// `ctx` is passed to it as is.
+#[no_mangle]
+pub unsafe extern "C" fn apiban_admin_bans(max: usize, each: EachBan, ctx: *mut std::ffi::c_void) -> c_int {
+    guard("apiban.bans", -1, || {
+        let Some(m) = module::get() else { return -1 };
+        let n = admin::list(m, max, |r| {
+            if let Some(f) = each {
+                // SAFETY: the caller's contract; `r` lives through the call.
+                unsafe { f(ctx, r) }
+            }
+        });
+        n.min(c_int::MAX as usize) as c_int
+    })
+}
+
 // The definitions above must have exactly the types bindgen read from c-shim/apiban.h.
 type HostFn = unsafe extern "C" fn(*const apiban_host);
 type ParamFn = unsafe extern "C" fn(*const c_char, c_int, *const std::ffi::c_void) -> c_int;
@@ -192,3 +285,13 @@ const _: [CheckAddrFn; 2] = [apiban_check_addr, boundary::apiban_check_addr];
 const _: [CheckTextFn; 2] = [apiban_check_text, boundary::apiban_check_text];
 const _: [StatsFn; 2] = [apiban_stats_get, boundary::apiban_stats_get];
 const _: [VerdictFn; 2] = [apiban_admin_check, boundary::apiban_admin_check];
+type BanFn = unsafe extern "C" fn(*const c_char, usize, std::os::raw::c_longlong, *const c_char, usize) -> c_int;
+type UnbanFn = unsafe extern "C" fn(*const c_char, usize) -> c_int;
+type AdminBanFn = unsafe extern "C" fn(*const c_char, usize, *const c_char, usize, *const c_char, usize, *mut apiban_reply) -> c_int;
+type AdminOneFn = unsafe extern "C" fn(*const c_char, usize, *mut apiban_reply) -> c_int;
+type AdminBansFn = unsafe extern "C" fn(usize, EachBan, *mut std::ffi::c_void) -> c_int;
+const _: [BanFn; 2] = [apiban_ban, boundary::apiban_ban];
+const _: [UnbanFn; 2] = [apiban_unban, boundary::apiban_unban];
+const _: [AdminBanFn; 2] = [apiban_admin_ban, boundary::apiban_admin_ban];
+const _: [AdminOneFn; 4] = [apiban_admin_unban, boundary::apiban_admin_unban, apiban_admin_lookup, boundary::apiban_admin_lookup];
+const _: [AdminBansFn; 2] = [apiban_admin_bans, boundary::apiban_admin_bans];

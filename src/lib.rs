@@ -7,6 +7,7 @@
 
 mod addr;
 mod allow;
+mod bans;
 mod boundary;
 mod clock;
 mod config;
@@ -36,6 +37,8 @@ mod host;
 #[doc(hidden)]
 pub mod bench_api {
     pub use crate::addr::{parse_text, Key};
+    pub use crate::bans::ban_request;
+    pub use crate::bans::ring::{Request, Ring};
     pub use crate::feed::{parse_reply, Batch, START_ID};
     pub use crate::held::split_live;
     pub use crate::table::{Entries, Table};

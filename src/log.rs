@@ -108,11 +108,22 @@ impl<const N: usize> fmt::Write for StackLine<N> {
 /// Writes bytes as they are: no allocation, no redaction. For the rate-limited messages of the
 /// lookup path, whose text is only what the script passed.
 pub fn write_raw(level: Level, bytes: &[u8]) {
+    // Only the refresher process has two threads (serialize()); a SIP worker takes no lock here.
+    let _one_at_a_time = THREADED.load(Ordering::Relaxed).then(|| LOG_LOCK.lock().unwrap_or_else(|e| e.into_inner()));
     match host().and_then(|h| h.log) {
         // SAFETY: the callback reads `len` bytes from a live slice and copies them to the log.
         Some(f) => unsafe { f(level as i32, bytes.as_ptr().cast(), bytes.len()) },
         None => eprintln!("apiban {:?}: {}", level, String::from_utf8_lossy(bytes)),
     }
+}
+
+static THREADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static LOG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// From now on this process logs from more than one thread (the refresher and its ban keeper):
+/// calls into the host's logger, which was written for one thread per process, go one at a time.
+pub fn serialize() {
+    THREADED.store(true, Ordering::Relaxed);
 }
 
 /// Called by the refresher about once a second: lets the host refresh its per-process config.

@@ -6,7 +6,8 @@
 
 use crate::addr::{self, Key};
 use crate::allow::AllowList;
-use crate::boundary::{apiban_stats, apiban_verdict, APIBAN_BAD_ADDRESS, APIBAN_LISTED, APIBAN_NOT_LISTED};
+use crate::bans::{self, board::Board, ring::Ring, Ban};
+use crate::boundary::{apiban_stats, apiban_verdict, APIBAN_BAD_ADDRESS, APIBAN_BANNED, APIBAN_DROPPED, APIBAN_LISTED, APIBAN_NOT_LISTED, APIBAN_QUEUED};
 use crate::clock::unix_now;
 use crate::config::{Config, Settings};
 use crate::held::split_live;
@@ -24,6 +25,18 @@ pub struct Module {
     pub allow: AllowList,
     /// The snapshot read at start, handed to the refresher (its copy, after the fork).
     pub initial: Mutex<Option<Snapshot>>,
+    /// Local bans in force, probed after the feed's table misses (only when not empty).
+    pub bans: Table,
+    /// Feed addresses an operator unbanned, probed after a feed hit (only when not empty).
+    pub exempt: Table,
+    /// The local bans with who, when, why: for the admin commands.
+    pub board: Board,
+    /// Ban requests from the workers and the admin commands to the ban keeper.
+    pub ring: Ring,
+    /// The bans file read at start, handed to the ban keeper.
+    pub initial_bans: Mutex<Option<Vec<(Key, Ban)>>>,
+    /// This node's name in ban records: node_id, else the host name.
+    pub node: String,
 }
 
 static MODULE: OnceLock<Module> = OnceLock::new();
@@ -96,6 +109,18 @@ pub fn init() -> Result<(), String> {
             Err(e) => log_warn!("snapshot {} ignored: {e}; starting empty", path.display()),
         }
     }
+    let max_bans = settings.cfg.max_bans;
+    let reserve = |what: &str, r: std::io::Result<Table>| {
+        r.map_err(|e| format!("parameter 'max_bans': cannot reserve shared memory for {max_bans} {what}: {e}"))
+    };
+    let bans = reserve("bans", Table::new(max_bans))?;
+    let exempt = reserve("exemptions", Table::new(max_bans))?;
+    let board = Board::new(max_bans).map_err(|e| format!("parameter 'max_bans': cannot reserve shared memory for {max_bans} ban records: {e}"))?;
+    let ring = Ring::new().map_err(|e| format!("cannot create the shared queue of bans: {e}"))?;
+    bans.set_now(now);
+    exempt.set_now(now);
+    let node = settings.cfg.node_id.clone().or_else(crate::os::host_name).unwrap_or_else(|| "this node".into());
+    let initial_bans = load_bans(&settings, &bans, &exempt, &board, &stats, &node, now);
     let allow = AllowList::new(settings.cfg.allow.clone());
     log_info!(
         "initialised: feed {} (API v{}, set {}), every {} s, up to {} entries ({} MB of shared memory reserved, used as filled), {} allow rule(s)",
@@ -109,34 +134,130 @@ pub fn init() -> Result<(), String> {
     );
     // The role until the refresher knows better: a fleet node starts by following.
     text!(stats.get(), role).put(if settings.cfg.redis_url.is_some() { "follower" } else { "standalone" });
-    let _ = MODULE.set(Module { settings, table, stats, allow, initial: Mutex::new(initial) });
+    let _ = MODULE.set(Module {
+        settings,
+        table,
+        stats,
+        allow,
+        initial: Mutex::new(initial),
+        bans,
+        exempt,
+        board,
+        ring,
+        initial_bans: Mutex::new(initial_bans),
+        node,
+    });
     Ok(())
+}
+
+/// The bans file beside the snapshot: published before the fork, so that a restart refuses a
+/// banned source at once, then handed to the ban keeper.
+fn load_bans(settings: &Settings, bans: &Table, exempt: &Table, board: &Board, stats: &Stats, node: &str, now: u64) -> Option<Vec<(Key, Ban)>> {
+    let path = bans::store::file_for(settings.cfg.snapshot_file.as_deref()?);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            log_warn!("bans file {} ignored: {e}; starting without local bans", path.display());
+            return None;
+        }
+    };
+    let (records, bad) = match bans::store::decode(&text, now) {
+        Ok(r) => r,
+        Err(e) => {
+            log_warn!("bans file {} ignored: {e}; starting without local bans", path.display());
+            return None;
+        }
+    };
+    let mut store = bans::store::Store::new(settings.cfg.max_bans, node, settings.cfg.redis_url.is_some());
+    for (k, b) in &records {
+        store.adopt(*k, b.clone());
+    }
+    store.evict();
+    let live = store.in_force(now);
+    let n = bans::publish_tables(bans, exempt, &live);
+    bans::publish_board(board, live);
+    num!(stats.get(), bans).store(n as u64, Relaxed);
+    let note = if bad > 0 { format!(" ({bad} damaged line(s) skipped)") } else { String::new() };
+    log_info!("bans file {} loaded: {n} ban(s) in force{note}", path.display());
+    Some(records)
 }
 
 impl Module {
     /// The lookup path of the script functions. Inlined, so that each entry point compiles to
     /// the probe of its own address family; what follows a hit is out of line, which keeps the
-    /// common case (a clean source) a short function with few registers to save.
+    /// common case (a clean source) a short function with few registers to save. The local
+    /// bans cost one load while there are none.
     #[inline(always)]
     pub fn check(&self, key: Key) -> i32 {
         self.stats.get().mine().checks.fetch_add(1, Relaxed);
         if self.table.contains(key) {
             self.listed(key)
+        } else if !self.bans.is_empty() {
+            self.banned(key)
         } else {
             APIBAN_NOT_LISTED
         }
     }
 
-    /// A listed address: refused unless the allow list names it.
+    /// A listed address: refused unless the allow list names it or an operator unbanned it.
     #[inline(never)]
     fn listed(&self, key: Key) -> i32 {
         let c = self.stats.get();
-        if !self.allow.is_empty() && self.allow.find(key).is_some() {
+        if (!self.allow.is_empty() && self.allow.find(key).is_some()) || (!self.exempt.is_empty() && self.exempt.contains(key)) {
             c.mine().allowed.fetch_add(1, Relaxed);
             return APIBAN_NOT_LISTED;
         }
         c.mine().hits.fetch_add(1, Relaxed);
         APIBAN_LISTED
+    }
+
+    /// Not listed by the feed: banned locally? The allow list wins here too.
+    #[inline(never)]
+    fn banned(&self, key: Key) -> i32 {
+        if !self.bans.contains(key) {
+            return APIBAN_NOT_LISTED;
+        }
+        let c = self.stats.get();
+        if !self.allow.is_empty() && self.allow.find(key).is_some() {
+            c.mine().allowed.fetch_add(1, Relaxed);
+            return APIBAN_NOT_LISTED;
+        }
+        c.mine().local_hits.fetch_add(1, Relaxed);
+        APIBAN_BANNED
+    }
+
+    /// `apiban_ban` of the script: checked, then queued to the ban keeper. No wait, no system
+    /// call, no allocation (but for the rate-limited warning of a refusal).
+    pub fn ban(&self, ip: &[u8], ttl: i64, reason: &[u8]) -> i32 {
+        let cfg = &self.settings.cfg;
+        match bans::ban_request(ip, ttl, reason, cfg.ban_ttl, cfg.ban_max_ttl, self.table.now()) {
+            Ok(r) => self.queue(&r),
+            Err(code) => {
+                self.log_limited("apiban_ban", ip, code);
+                code
+            }
+        }
+    }
+
+    /// `apiban_unban` of the script.
+    pub fn unban(&self, ip: &[u8]) -> i32 {
+        match bans::unban_request(ip, self.table.now()) {
+            Ok(r) => self.queue(&r),
+            Err(code) => {
+                self.log_limited("apiban_unban", ip, code);
+                code
+            }
+        }
+    }
+
+    fn queue(&self, r: &bans::ring::Request) -> i32 {
+        if self.ring.push(r) {
+            return APIBAN_QUEUED;
+        }
+        self.stats.get().mine().ban_drops.fetch_add(1, Relaxed);
+        self.log_limited(if r.op == bans::ring::Op::Ban { "apiban_ban" } else { "apiban_unban" }, b"", APIBAN_DROPPED);
+        APIBAN_DROPPED
     }
 
     pub fn check_text(&self, text: &[u8]) -> i32 {
@@ -149,8 +270,13 @@ impl Module {
         }
     }
 
-    /// At most one line per 10 s per process, formatted on the stack.
     fn log_bad_address(&self, text: &[u8]) {
+        self.log_limited("apiban_check", text, APIBAN_BAD_ADDRESS);
+    }
+
+    /// A script's bad argument or a dropped ban: at most one line per 10 s per process (a
+    /// flood must not become one line per request), formatted on the stack.
+    fn log_limited(&self, func: &str, text: &[u8], code: i32) {
         static LAST: AtomicU64 = AtomicU64::new(0);
         static MUTED: AtomicU64 = AtomicU64::new(0);
         let now = self.table.now();
@@ -161,13 +287,24 @@ impl Module {
         }
         LAST.store(now, Relaxed);
         use std::fmt::Write;
-        let mut line = crate::log::StackLine::<200>::new();
-        let shown = text.iter().take(64).map(|&c| if (0x20..0x7f).contains(&c) && c != b'\'' { c as char } else { '?' });
-        let _ = write!(line, "apiban_check: '");
-        shown.for_each(|c| {
-            let _ = line.write_char(c);
-        });
-        let _ = write!(line, "' is not an IP address");
+        let mut line = crate::log::StackLine::<240>::new();
+        let _ = write!(line, "{func}: ");
+        // (a dropped request names no argument: "apiban_ban: the queue ...")
+        if !text.is_empty() {
+            let shown = text.iter().take(64).map(|&c| if (0x20..0x7f).contains(&c) && c != b'\'' { c as char } else { '?' });
+            let _ = line.write_char('\'');
+            shown.for_each(|c| {
+                let _ = line.write_char(c);
+            });
+            let _ = line.write_char('\'');
+        }
+        let _ = match code {
+            APIBAN_BAD_ADDRESS if func == "apiban_check" => write!(line, " is not an IP address"),
+            APIBAN_BAD_ADDRESS => write!(line, ": not an IP address; nothing banned"),
+            APIBAN_DROPPED => write!(line, "the queue to the refresher is full: dropped (counted in ban_drops)"),
+            crate::boundary::APIBAN_BAD_TTL => write!(line, ": bad ttl: 1 to {} seconds (ban_max_ttl); nothing banned", self.settings.cfg.ban_max_ttl),
+            _ => write!(line, ": bad reason: at most {} bytes of printable text; nothing banned", bans::ring::REASON_MAX),
+        };
         let muted = MUTED.swap(0, Relaxed);
         if muted > 0 {
             let _ = write!(line, " ({muted} more since the last message)");

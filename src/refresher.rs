@@ -37,6 +37,8 @@ pub fn run(m: &'static Module) -> ! {
     // before the internal error.
     let cfg = &m.settings.cfg;
     let mut limiter = RateLimiter::new(cfg.rate_limit);
+    // The ban keeper shares the fleet's Redis, on connections of its own.
+    crate::bans::keeper::start(m, roles::fleet_settings(&m.settings));
     loop {
         let _ = catch_unwind(AssertUnwindSafe(|| Refresher::new(m, &mut limiter).run()));
         text!(m.stats.get(), state).put("restarting after an internal error");

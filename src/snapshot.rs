@@ -144,12 +144,18 @@ pub fn check_dir(path: &Path) -> Result<(), String> {
 
 
 pub fn save(path: &Path, s: &Snapshot) -> std::io::Result<()> {
+    write_durably(path, &encode(s))
+}
+
+/// Replaces `path` with `data` so that a crash at any point leaves the old file or the new one,
+/// whole: a temporary file beside it, synced, renamed over it, the directory synced.
+pub fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("apiban.snapshot");
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
         let mut f = File::create(&tmp)?;
-        f.write_all(&encode(s))?;
+        f.write_all(data)?;
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, path)?;

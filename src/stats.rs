@@ -56,6 +56,8 @@ pub struct ProcCounters {
     pub checks: AtomicU64,
     pub hits: AtomicU64,
     pub allowed: AtomicU64,
+    pub local_hits: AtomicU64,
+    pub ban_drops: AtomicU64,
 }
 
 #[repr(C)]
@@ -183,6 +185,8 @@ impl Stats {
         nums[offset_of!(apiban_stats, checks) / 8] = sum(|p| &p.checks);
         nums[offset_of!(apiban_stats, hits) / 8] = sum(|p| &p.hits);
         nums[offset_of!(apiban_stats, allowed) / 8] = sum(|p| &p.allowed);
+        nums[offset_of!(apiban_stats, local_hits) / 8] = sum(|p| &p.local_hits);
+        nums[offset_of!(apiban_stats, ban_drops) / 8] = sum(|p| &p.ban_drops);
         for (o, t) in texts.chunks_mut(TEXT).zip(c.texts.iter()) {
             o.copy_from_slice(&t.get());
         }

@@ -169,14 +169,33 @@ impl Table {
     #[inline(always)]
     pub fn contains(&self, key: Key) -> bool {
         match key {
-            Key::V4(k) => self.read(|g, gen, now| self.probe4(g, gen, k, now)),
-            Key::V6(k) => self.read(|g, gen, now| self.probe6(g, gen, k, now)),
+            Key::V4(k) => self.read(|g, gen, now| self.probe4(g, gen, k).is_some_and(|e| e > now)),
+            Key::V6(k) => self.read(|g, gen, now| self.probe6(g, gen, k).is_some_and(|e| e > now)),
         }
+    }
+
+    /// The expiry (unix seconds) of `key` while it is in force: for the admin commands and the
+    /// ban keeper, not the lookup path.
+    pub fn expiry(&self, key: Key) -> Option<u64> {
+        let exp = match key {
+            Key::V4(k) => self.read(|g, gen, _| self.probe4(g, gen, k)),
+            Key::V6(k) => self.read(|g, gen, _| self.probe6(g, gen, k)),
+        };
+        exp.filter(|&e| e > self.now())
+    }
+
+    /// True when the published generation holds nothing: one look at its header, so that a
+    /// caller can skip the probe of a table that is nearly always empty (the local bans).
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        let h = self.hdr();
+        let gen = &h.gens[(h.current.load(Relaxed) & 1) as usize];
+        gen.len4.load(Relaxed) == 0 && gen.len6.load(Relaxed) == 0
     }
 
     /// Runs `probe` on the published generation, again until no publish raced it.
     #[inline(always)]
-    fn read(&self, probe: impl Fn(usize, &Generation, u64) -> bool) -> bool {
+    fn read<T>(&self, probe: impl Fn(usize, &Generation, u64) -> T) -> T {
         let h = self.hdr();
         let now = h.now.load(Relaxed);
         loop {
@@ -196,8 +215,9 @@ impl Table {
         }
     }
 
+    /// The expiry of `k` in generation `g`, if it holds `k`.
     #[inline(always)]
-    fn probe4(&self, g: usize, gen: &Generation, k: u32, now: u64) -> bool {
+    fn probe4(&self, g: usize, gen: &Generation, k: u32) -> Option<u64> {
         let cap = (gen.cap4.load(Relaxed) as usize).min(self.max4);
         let slots = &self.slots4(g)[..cap];
         let i = slot_index(hash4(k, gen.seed.load(Relaxed)), cap);
@@ -207,20 +227,20 @@ impl Table {
             for s in part {
                 let v = s.load(Relaxed);
                 if v == 0 {
-                    return Some(false);
+                    return Some(None);
                 }
                 if v as u32 == k {
-                    return Some((v >> 32) > now);
+                    return Some(Some(v >> 32));
                 }
             }
             None
         };
         let (head, tail) = slots.split_at(i);
-        scan(tail).or_else(|| scan(head)).unwrap_or(false)
+        scan(tail).or_else(|| scan(head)).flatten()
     }
 
     #[inline(always)]
-    fn probe6(&self, g: usize, gen: &Generation, k: u128, now: u64) -> bool {
+    fn probe6(&self, g: usize, gen: &Generation, k: u128) -> Option<u64> {
         let cap = (gen.cap6.load(Relaxed) as usize).min(self.max6);
         let slots = &self.slots6(g)[..cap];
         let (hi, lo) = ((k >> 64) as u64, k as u64);
@@ -229,16 +249,16 @@ impl Table {
             for s in part {
                 let exp = s.exp.load(Relaxed);
                 if exp == 0 {
-                    return Some(false);
+                    return Some(None);
                 }
                 if s.lo.load(Relaxed) == lo && s.hi.load(Relaxed) == hi {
-                    return Some(exp > now);
+                    return Some(Some(exp));
                 }
             }
             None
         };
         let (head, tail) = slots.split_at(i);
-        scan(tail).or_else(|| scan(head)).unwrap_or(false)
+        scan(tail).or_else(|| scan(head)).flatten()
     }
 
     /// Number of entries (v4, v6) in the published generation.

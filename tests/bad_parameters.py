@@ -53,7 +53,13 @@ ROWS = [
     ("node_id", '""', r"parameter 'node_id': '' must be 1 to 64 printable characters", []),
     ("leader_ttl", "1", r"parameter 'leader_ttl': 1 is too small: at least 2 second", []),
     ("fleet_fallback", '"soon"', r"parameter 'fleet_fallback': 'soon' is not a number of seconds", []),
+    # Local bans.
+    ("max_bans", "0", r"parameter 'max_bans': 0 is not between 1 and 1000000", []),
+    ("max_bans", '"many"', r"parameter 'max_bans': 'many' is not a number of bans", []),
+    ("ban_ttl", "0", r"parameter 'ban_ttl': 0 is too small: at least 1 second", []),
+    ("ban_max_ttl", '"2y"', r"parameter 'ban_max_ttl': '2y' is not a number of seconds", []),
     # Checked together at start.
+    ("ban_ttl", '"2d"', r"parameter 'ban_ttl': 172800 s is longer than ban_max_ttl \(86400 s\)", [("ban_max_ttl", '"1d"')]),
     ("fleet_fallback", '"10"', r"parameter 'fleet_fallback': 10 s is shorter than leader_ttl \(30 s\)",
      [("redis_url", '"redis://127.0.0.1:9"'), ("leader_ttl", '"30"')]),
     ("leader_ttl", '"20"', r"parameter 'leader_ttl': 20 s is shorter than 3 × timeout \(30 s\)",

@@ -194,9 +194,21 @@ def give_to(path, user):
             os.chown(name, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
 
 
+def insert_route_hook(text, opening, hook):
+    """The config with `hook` first in the route that `opening` starts (a test's own script)."""
+    if opening not in text:
+        raise AssertionError(f"no {opening!r} in the config")
+    return text.replace(opening, opening + hook, 1)
+
+
+class AdminError(Exception):
+    """An admin command (RPC or MI) refused: its message."""
+
+
 class SipServer:
     """What the Kamailio and OpenSIPS test servers share; subclasses set port, log_path, cfg
-    and stats()."""
+    and stats(), and the local-ban commands: ban(ip, ttl, reason), unban(ip), lookup(ip) (dicts
+    of the reply's fields; AdminError when refused) and bans(max) (total, addresses in order)."""
 
     def wait_synced(self, entries=None, syncs=1, timeout=20):
         def ok():
@@ -225,7 +237,7 @@ class Kamailio(SipServer):
     """The kamailio under test (KAMAILIO_BIN) with the sample config (or a variant of it) and our module."""
 
     def __init__(self, tmp, feed_url, key="test-key-4242", defines=None, modparams=(), extra_cfg="",
-                 cfg_text=None, module=KAMAILIO_MODULE, run_as=None):
+                 cfg_text=None, module=KAMAILIO_MODULE, run_as=None, route_hook=""):
         """run_as: a user name; the server then starts as Debian's kamailio.service starts it, as that
         user from its first instruction (`runuser -u USER -- kamailio ...`), and `tmp` is given to it."""
         self.tmp = tmp
@@ -256,6 +268,8 @@ class Kamailio(SipServer):
         extra = "".join(f'modparam("apiban", "{n}", {v})\n' for n, v in modparams) + extra_cfg
         if extra:
             text = text.replace("####### Routing logic #########", extra + "\n####### Routing logic #########", 1)
+        if route_hook:
+            text = insert_route_hook(text, "request_route {\n", route_hook)
         self.cfg = os.path.join(tmp, "kamailio.cfg")
         write_text(self.cfg, text)
         self.proc = None
@@ -317,6 +331,29 @@ class Kamailio(SipServer):
         if rc != 0:
             raise AssertionError(f"core.psx failed: {out}")
         return out
+
+    def rpc(self, *args):
+        """An RPC that returns a struct: its fields; AdminError with the fault's text."""
+        rc, out = self.kamcmd(*args)
+        if rc != 0 or out.lstrip().startswith("error"):
+            raise AdminError(out.strip())
+        return parse_kamcmd_struct(out)
+
+    def ban(self, ip, ttl=None, reason=None):
+        return self.rpc("apiban.ban", ip, *([] if ttl is None else [f"s:{ttl}"]), *([] if reason is None else [reason]))
+
+    def unban(self, ip):
+        return self.rpc("apiban.unban", ip)
+
+    def lookup(self, ip):
+        return self.rpc("apiban.lookup", ip)
+
+    def bans(self, max_=None):
+        rc, out = self.kamcmd("apiban.bans", *([] if max_ is None else [str(max_)]))
+        if rc != 0:
+            raise AdminError(out.strip())
+        total = int(re.search(r"total:\s*(\d+)", out).group(1))
+        return total, re.findall(r"address:\s*(\S+)", out)
 
     def kamcmd(self, *args, timeout=10):
         r = subprocess.run([KAMCMD, "-s", self.ctl, *args], capture_output=True, text=True, timeout=timeout)

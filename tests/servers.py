@@ -27,7 +27,7 @@ import time
 import unittest
 import uuid
 
-from harness import REPO, Kamailio, Proc, SipServer, free_port, read_text, wait_until, write_text
+from harness import REPO, AdminError, Kamailio, Proc, SipServer, insert_route_hook, free_port, read_text, wait_until, write_text
 
 OPENSIPS_SRC = os.environ.get("OPENSIPS_SRC", "/usr/local/src/opensips")
 OPENSIPS = os.path.join(OPENSIPS_SRC, "opensips")
@@ -36,7 +36,7 @@ HAVE_TREE = os.access(OPENSIPS, os.X_OK) and os.path.isfile(os.path.join(OPENSIP
 OPENSIPS_CFG = os.path.join(REPO, "opensips-cfg", "opensips.cfg")
 TARGET_DIR = os.path.join(REPO, "target", "opensips")
 MODULE = os.path.join(TARGET_DIR, "release", "libapiban.so")
-TREE_MODULES = ("sl", "signaling", "mi_fifo")
+TREE_MODULES = ("sl", "signaling", "mi_fifo", "pike")  # pike: the sample config's WITH_ANTIFLOOD
 
 KEY = "k-osips-0123456789"
 REQUIRED = os.environ.get("APIBAN_REQUIRE_OPENSIPS") == "1"
@@ -147,7 +147,7 @@ class OpenSIPS(SipServer):
     """The tree's opensips with the sample config (through `m4 -P`, as its header says) and our
     module, in its own temp dir."""
 
-    def __init__(self, tmp, feed_url, key=KEY, defines=None, modparams=(), module=MODULE):
+    def __init__(self, tmp, feed_url, key=KEY, defines=None, modparams=(), module=MODULE, route_hook="", globals_text=""):
         self.tmp = tmp
         self.port = free_port()
         self.mod_dir = os.path.join(tmp, "modules")
@@ -174,9 +174,11 @@ class OpenSIPS(SipServer):
         d.update(defines or {})
         self.defines = d
         text = read_text(OPENSIPS_CFG)
-        extra = "".join(f'modparam("apiban", "{n}", {v})\n' for n, v in modparams)
+        extra = globals_text + "".join(f'modparam("apiban", "{n}", {v})\n' for n, v in modparams)
         if extra:
             text = text.replace("####### Routing logic #########", extra + "\n####### Routing logic #########", 1)
+        if route_hook:
+            text = insert_route_hook(text, "route {\n", route_hook)
         self.cfg = os.path.join(tmp, "opensips.cfg")
         write_text(self.cfg, text)
         self.proc = None
@@ -265,6 +267,30 @@ class OpenSIPS(SipServer):
     def process_names(self):
         return "\n".join(p["Type"] for p in self.mi("ps")["Processes"])
 
+    def mi_admin(self, method, params):
+        try:
+            return self.mi(method, params)
+        except MIError as e:
+            raise AdminError(str(e.args[0].get("message") if isinstance(e.args[0], dict) else e))
+
+    def ban(self, ip, ttl=None, reason=None):
+        p = {"ip": ip}
+        if ttl is not None:
+            p["ttl"] = str(ttl)
+        if reason is not None:
+            p["reason"] = reason
+        return self.mi_admin("apiban_ban", p)
+
+    def unban(self, ip):
+        return self.mi_admin("apiban_unban", {"ip": ip})
+
+    def lookup(self, ip):
+        return self.mi_admin("apiban_lookup", {"ip": ip})
+
+    def bans(self, max_=None):
+        r = self.mi_admin("apiban_bans", {} if max_ is None else {"max": max_})
+        return r["total"], [b["address"] for b in r["bans"]]
+
 def kinds():
     """The servers present, by name; APIBAN_SERVERS (e.g. "kamailio") narrows them, as
     scripts/test.sh does for its second pass against Kamailio 6.0."""
@@ -273,12 +299,14 @@ def kinds():
     return [k for k in present if k in wanted.split(",")] if wanted else present
 
 
-def make(kind, tmp, feed_url, key, defines=None, modparams=()):
+def make(kind, tmp, feed_url, key, defines=None, modparams=(), route_hook="", globals_text=""):
     """A server of `kind` with the sample config, in `tmp`, not started. `defines` and `modparams`
-    are written as for either config (numbers, or quoted strings for modparams)."""
+    are written as for either config (numbers, or quoted strings for modparams); `route_hook` is
+    script put first in the main route and `globals_text` global settings, each in that server's
+    own language."""
     if kind == "kamailio":
-        return Kamailio(tmp, feed_url, key=key, defines=defines, modparams=modparams)
+        return Kamailio(tmp, feed_url, key=key, defines=defines, modparams=modparams, extra_cfg=globals_text, route_hook=route_hook)
     if kind == "opensips":
         build_opensips_module()
-        return OpenSIPS(tmp, feed_url, key=key, defines=defines, modparams=modparams)
+        return OpenSIPS(tmp, feed_url, key=key, defines=defines, modparams=modparams, route_hook=route_hook, globals_text=globals_text)
     raise ValueError(kind)

@@ -921,6 +921,12 @@ def main():
     P("")
     md.extend(sec5)
     P("")
+    # 6. local bans: written by benches/servers/bans_bench.py, which can also replace it alone.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bans_bench
+    bans = load_json(os.path.join(R, "bans.json"))
+    md.extend(bans_bench.section(bans).rstrip("\n").split("\n"))
+    P("")
     P("## Running them")
     P("")
     P("```sh")
@@ -930,14 +936,16 @@ def main():
     P("")
     P("Needs what scripts/setup-debian.sh installs (Kamailio and its utils/extra modules, sipp, valgrind); the "
       "chart uses matplotlib, which the full run installs with pip when it is missing (gnuplot otherwise). "
-      "`cargo bench --features bench --bench lookup` (or `--bench load`) runs one micro-benchmark alone.")
+      "`cargo bench --features bench --bench lookup` (or `--bench load`, `--bench bans`) runs one micro-benchmark alone; "
+      "`python3 benches/servers/bans_bench.py --module target/release/libapiban.so --out /tmp/b --markdown BENCHMARKS.md` "
+      "runs section 6 alone and replaces it here.")
     with open(a.markdown, "w") as f:
         f.write("\n".join(md) + "\n")
     if a.raw:
         raw = {"run": runinfo, "machine": mach, "versions": ver,
                "criterion": {f"{g}/{b}": v for (g, b), v in sorted(crit.items())},
                "micro": micro, "kamailio": {"load": kload, "callgrind": cg, "throughput": tput, "reload": rel},
-               "fleet": fleet, "fleet_run": {k: v for k, v in fleet_run.items() if k != "sizes"}}
+               "fleet": fleet, "fleet_run": {k: v for k, v in fleet_run.items() if k != "sizes"}, "bans": bans}
         with open(a.raw, "w") as f:
             json.dump(raw, f, indent=1, sort_keys=True)
     print(f"report: {a.markdown}, chart {a.chart} ({chart_how})", file=sys.stderr)

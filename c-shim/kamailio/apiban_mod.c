@@ -1,10 +1,10 @@
 /*
  * apiban module for Kamailio (5.6 to 6.0): the host side of the boundary.
  *
- * Translation only: Kamailio's export tables, parameter setters, the script functions, RPC and
- * KEMI wrappers, the statistics (counters read from the core's shared values), the refresher
- * process registration and the LM_* logger. Every decision is made by the Rust core behind
- * c-shim/apiban.h.
+ * Translation only: Kamailio's export tables, parameter setters, the script functions (check,
+ * ban, unban), RPC and KEMI wrappers, the statistics (counters read from the core's shared
+ * values), the refresher process registration and the LM_* logger. Every decision is made by
+ * the Rust core behind c-shim/apiban.h.
  *
  * The symbols Kamailio looks up with dlsym (exports, module_version, module_flags, mod_register)
  * are defined in Rust (src/host/kamailio.rs) and point at the tables here: rustc's cdylib linking
@@ -162,10 +162,66 @@ static int w_apiban_check1(sip_msg_t *msg, char *p1, char *p2)
 	return apiban_kam_check_str(&ip);
 }
 
+/* apiban_ban(ip[, ttl[, reason]]): ip and reason are text with variables, ttl an int or a
+ * variable; an absent ttl is -1 (the core's ban_ttl), an absent reason none. The core's result
+ * as it is: 1 queued, -1 dropped, -2 bad address, -3 bad ttl, -4 bad reason (never 0). */
+static int fixup_apiban_ban(void **param, int param_no)
+{
+	return param_no == 2 ? fixup_igp_null(param, 1) : fixup_spve_null(param, 1);
+}
+
+static int fixup_free_apiban_ban(void **param, int param_no)
+{
+	return param_no == 2 ? fixup_free_igp_null(param, 1) : fixup_free_spve_null(param, 1);
+}
+
+static int apiban_kam_ban(sip_msg_t *msg, char *p1, char *p2, char *p3)
+{
+	str ip, reason = STR_NULL;
+	int ttl = -1;
+
+	if(fixup_get_svalue(msg, (gparam_t *)p1, &ip) < 0)
+		return APIBAN_BAD_ADDRESS;
+	if(p2 != NULL && fixup_get_ivalue(msg, (gparam_t *)p2, &ttl) < 0)
+		return APIBAN_BAD_TTL;
+	if(p3 != NULL && fixup_get_svalue(msg, (gparam_t *)p3, &reason) < 0)
+		return APIBAN_BAD_REASON;
+	return apiban_ban(ip.s, (size_t)ip.len, ttl, reason.s, (size_t)reason.len);
+}
+
+static int w_apiban_ban1(sip_msg_t *msg, char *p1, char *p2)
+{
+	return apiban_kam_ban(msg, p1, NULL, NULL);
+}
+
+static int w_apiban_ban2(sip_msg_t *msg, char *p1, char *p2)
+{
+	return apiban_kam_ban(msg, p1, p2, NULL);
+}
+
+static int w_apiban_ban3(sip_msg_t *msg, char *p1, char *p2, char *p3)
+{
+	return apiban_kam_ban(msg, p1, p2, p3);
+}
+
+/* apiban_unban(ip): the same results as apiban_ban. */
+static int w_apiban_unban(sip_msg_t *msg, char *p1, char *p2)
+{
+	str ip;
+
+	if(fixup_get_svalue(msg, (gparam_t *)p1, &ip) < 0)
+		return APIBAN_BAD_ADDRESS;
+	return apiban_unban(ip.s, (size_t)ip.len);
+}
+
 cmd_export_t apiban_kam_cmds[] = {
 	{"apiban_check", (cmd_function)w_apiban_check0, 0, 0, 0, ANY_ROUTE},
 	{"apiban_check", (cmd_function)w_apiban_check1, 1, fixup_apiban_check, fixup_free_apiban_check,
 			ANY_ROUTE},
+	{"apiban_ban", (cmd_function)w_apiban_ban1, 1, fixup_apiban_ban, fixup_free_apiban_ban, ANY_ROUTE},
+	{"apiban_ban", (cmd_function)w_apiban_ban2, 2, fixup_apiban_ban, fixup_free_apiban_ban, ANY_ROUTE},
+	{"apiban_ban", (cmd_function)w_apiban_ban3, 3, fixup_apiban_ban, fixup_free_apiban_ban, ANY_ROUTE},
+	{"apiban_unban", (cmd_function)w_apiban_unban, 1, fixup_spve_null, fixup_free_spve_null, ANY_ROUTE},
 	{0, 0, 0, 0, 0, 0}};
 
 /* ---- KEMI ------------------------------------------------------------------------------ */
@@ -180,10 +236,39 @@ static int ki_apiban_check_ip(sip_msg_t *msg, str *ip)
 	return apiban_kam_check_str(ip);
 }
 
+/* KEMI has no optional parameters: one name per form of apiban_ban. */
+static int ki_apiban_ban(sip_msg_t *msg, str *ip)
+{
+	return apiban_ban(ip->s, (size_t)ip->len, -1, NULL, 0);
+}
+
+static int ki_apiban_ban_ttl(sip_msg_t *msg, str *ip, int ttl)
+{
+	return apiban_ban(ip->s, (size_t)ip->len, ttl, NULL, 0);
+}
+
+static int ki_apiban_ban_reason(sip_msg_t *msg, str *ip, int ttl, str *reason)
+{
+	return apiban_ban(ip->s, (size_t)ip->len, ttl, reason->s, (size_t)reason->len);
+}
+
+static int ki_apiban_unban(sip_msg_t *msg, str *ip)
+{
+	return apiban_unban(ip->s, (size_t)ip->len);
+}
+
 static sr_kemi_t apiban_kam_kemi[] = {
 	{str_init("apiban"), str_init("apiban_check"), SR_KEMIP_INT, ki_apiban_check,
 		{SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE}},
 	{str_init("apiban"), str_init("apiban_check_ip"), SR_KEMIP_INT, ki_apiban_check_ip,
+		{SR_KEMIP_STR, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE}},
+	{str_init("apiban"), str_init("apiban_ban"), SR_KEMIP_INT, ki_apiban_ban,
+		{SR_KEMIP_STR, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE}},
+	{str_init("apiban"), str_init("apiban_ban_ttl"), SR_KEMIP_INT, ki_apiban_ban_ttl,
+		{SR_KEMIP_STR, SR_KEMIP_INT, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE}},
+	{str_init("apiban"), str_init("apiban_ban_reason"), SR_KEMIP_INT, ki_apiban_ban_reason,
+		{SR_KEMIP_STR, SR_KEMIP_INT, SR_KEMIP_STR, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE}},
+	{str_init("apiban"), str_init("apiban_unban"), SR_KEMIP_INT, ki_apiban_unban,
 		{SR_KEMIP_STR, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE, SR_KEMIP_NONE}},
 	{{0, 0}, {0, 0}, 0, NULL, {0, 0, 0, 0, 0, 0}}};
 
@@ -244,10 +329,151 @@ static void apiban_rpc_check(rpc_t *rpc, void *ctx)
 			"result", v.result_text, "detail", v.detail);
 }
 
+/* ---- RPC: local bans ------------------------------------------------------------------- */
+
+static const char *apiban_rpc_ban_doc[] = {"Ban an address here (and on every node, in fleet mode): apiban.ban IP [TTL] [REASON]; TTL in seconds or like 1h, absent or empty: ban_ttl.", 0};
+static const char *apiban_rpc_unban_doc[] = {"Lift a local ban, or let an address APIBAN lists through until its listing ends: apiban.unban IP.", 0};
+static const char *apiban_rpc_lookup_doc[] = {"Tell whether an address is refused and why (listed, banned, allowed, exempted): apiban.lookup IP.", 0};
+static const char *apiban_rpc_bans_doc[] = {"List the local bans and exemptions, newest first: apiban.bans [MAX] (default 100, at most 1000).", 0};
+
+#define APIBAN_RPC_BANS_DEFAULT 100
+#define APIBAN_RPC_BANS_MAX 1000
+
+/* A struct apiban_reply as the members of an RPC struct, in its order. */
+static void apiban_rpc_fields(rpc_t *rpc, void *th, const struct apiban_reply *r)
+{
+	int i;
+
+	for(i = 0; i < r->count && i < APIBAN_REPLY_FIELDS; i++) {
+		if(r->fields[i].is_number)
+			rpc->struct_add(th, "J", r->fields[i].name, (unsigned long long)r->fields[i].number);
+		else
+			rpc->struct_add(th, "s", r->fields[i].name, r->fields[i].text);
+	}
+}
+
+/* The reply of apiban.ban, .unban and .lookup: a struct of the core's fields, or its error (a
+ * -1 without one: the core is not initialised). The error holds the operator's text: never a
+ * format. */
+static void apiban_rpc_reply(rpc_t *rpc, void *ctx, int rc, const struct apiban_reply *r)
+{
+	void *th;
+
+	if(rc < 0) {
+		if(r->error[0] != '\0')
+			rpc->fault(ctx, 400, "%s", r->error);
+		else
+			rpc->fault(ctx, 500, "apiban is not initialised");
+		return;
+	}
+	if(rpc->add(ctx, "{", &th) < 0) {
+		rpc->fault(ctx, 500, "cannot create the reply");
+		return;
+	}
+	apiban_rpc_fields(rpc, th, r);
+}
+
+static void apiban_rpc_ban(rpc_t *rpc, void *ctx)
+{
+	str ip = STR_NULL, ttl = STR_NULL, reason = STR_NULL, opt;
+	struct apiban_reply out;
+
+	if(rpc->scan(ctx, "S", &ip) < 1) {
+		rpc->fault(ctx, 400, "usage: apiban.ban IP [TTL] [REASON]");
+		return;
+	}
+	/* Optional ('*'), and a number the client sent as a number arrives as text ('.'). A scan that
+	 * finds nothing may still write its target: hence opt. */
+	if(rpc->scan(ctx, "*.S", &opt) == 1) {
+		ttl = opt;
+		if(rpc->scan(ctx, "*.S", &opt) == 1)
+			reason = opt;
+	}
+	out.count = 0;
+	out.error[0] = '\0';
+	apiban_rpc_reply(rpc, ctx,
+			apiban_admin_ban(ip.s, (size_t)ip.len, ttl.s, (size_t)ttl.len, reason.s, (size_t)reason.len, &out),
+			&out);
+}
+
+static void apiban_rpc_unban(rpc_t *rpc, void *ctx)
+{
+	str ip = STR_NULL;
+	struct apiban_reply out;
+
+	if(rpc->scan(ctx, "S", &ip) < 1) {
+		rpc->fault(ctx, 400, "usage: apiban.unban IP");
+		return;
+	}
+	out.count = 0;
+	out.error[0] = '\0';
+	apiban_rpc_reply(rpc, ctx, apiban_admin_unban(ip.s, (size_t)ip.len, &out), &out);
+}
+
+static void apiban_rpc_lookup(rpc_t *rpc, void *ctx)
+{
+	str ip = STR_NULL;
+	struct apiban_reply out;
+
+	if(rpc->scan(ctx, "S", &ip) < 1) {
+		rpc->fault(ctx, 400, "usage: apiban.lookup IP");
+		return;
+	}
+	out.count = 0;
+	out.error[0] = '\0';
+	apiban_rpc_reply(rpc, ctx, apiban_admin_lookup(ip.s, (size_t)ip.len, &out), &out);
+}
+
+struct apiban_rpc_list
+{
+	rpc_t *rpc;
+	void *bans; /* the array */
+};
+
+static void apiban_rpc_each_ban(void *c, const struct apiban_reply *ban)
+{
+	struct apiban_rpc_list *l = c;
+	void *th;
+
+	if(l->rpc->array_add(l->bans, "{", &th) >= 0)
+		apiban_rpc_fields(l->rpc, th, ban);
+}
+
+/* { bans: [ {address, kind, made_at, expires, node, reason}, ... ], total } */
+static void apiban_rpc_bans(rpc_t *rpc, void *ctx)
+{
+	struct apiban_rpc_list l;
+	int max = APIBAN_RPC_BANS_DEFAULT, opt, total;
+	void *th;
+
+	if(rpc->scan(ctx, "*.d", &opt) == 1)
+		max = opt;
+	if(max < 1) {
+		rpc->fault(ctx, 400, "usage: apiban.bans [MAX] (1 to %d)", APIBAN_RPC_BANS_MAX);
+		return;
+	}
+	if(rpc->add(ctx, "{", &th) < 0 || rpc->struct_add(th, "[", "bans", &l.bans) < 0) {
+		rpc->fault(ctx, 500, "cannot create the reply");
+		return;
+	}
+	l.rpc = rpc;
+	total = apiban_admin_bans(
+			(size_t)(max < APIBAN_RPC_BANS_MAX ? max : APIBAN_RPC_BANS_MAX), apiban_rpc_each_ban, &l);
+	if(total < 0) {
+		rpc->fault(ctx, 500, "apiban is not initialised");
+		return;
+	}
+	rpc->struct_add(th, "J", "total", (unsigned long long)total);
+}
+
 rpc_export_t apiban_kam_rpc[] = {
 	{"apiban.stats", apiban_rpc_stats, apiban_rpc_stats_doc, 0},
 	{"apiban.reload", apiban_rpc_reload, apiban_rpc_reload_doc, 0},
 	{"apiban.check", apiban_rpc_check, apiban_rpc_check_doc, 0},
+	{"apiban.ban", apiban_rpc_ban, apiban_rpc_ban_doc, 0},
+	{"apiban.unban", apiban_rpc_unban, apiban_rpc_unban_doc, 0},
+	{"apiban.lookup", apiban_rpc_lookup, apiban_rpc_lookup_doc, 0},
+	{"apiban.bans", apiban_rpc_bans, apiban_rpc_bans_doc, 0},
 	{0, 0, 0, 0}};
 
 /* ---- statistics ------------------------------------------------------------------------ */

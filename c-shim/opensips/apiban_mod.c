@@ -1,7 +1,7 @@
 /*
  * apiban module for OpenSIPS 3.6: the host side of the boundary.
  *
- * Translation only: OpenSIPS's export tables (parameters, the script function, MI commands,
+ * Translation only: OpenSIPS's export tables (parameters, the script functions, MI commands,
  * statistics, the refresher process), the version strings and the LM_* logger. Every decision
  * is made by the Rust core behind c-shim/apiban.h.
  *
@@ -100,10 +100,11 @@ const param_export_t apiban_osips_params[] = {
 	APIBAN_PARAMS(APIBAN_PARAM_ENTRY)
 	{0, 0, 0}};
 
-/* ---- script function ------------------------------------------------------------------- */
+/* ---- script functions ------------------------------------------------------------------ */
 
 /* apiban_check(): the packet's source address; apiban_check(ip): the (expanded) text, which
- * OpenSIPS hands over as a str that is not NUL-terminated. 1 listed, -1 not, -2 bad address. */
+ * OpenSIPS hands over as a str that is not NUL-terminated. 1 listed, 2 banned locally, -1 not,
+ * -2 bad address. */
 static int w_apiban_check(struct sip_msg *msg, str *ip)
 {
 	if (ip != NULL)
@@ -113,9 +114,35 @@ static int w_apiban_check(struct sip_msg *msg, str *ip)
 	return apiban_check_addr(msg->rcv.src_ip.u.addr, msg->rcv.src_ip.len);
 }
 
+/* apiban_ban(ip[, ttl[, reason]]): an absent ttl is -1 (the core's ban_ttl), an absent reason
+ * none. The core's result as it is: 1 queued, -1 dropped, -2 bad address, -3 bad ttl, -4 bad
+ * reason (never 0). */
+static int w_apiban_ban(struct sip_msg *msg, str *ip, int *ttl, str *reason)
+{
+	return apiban_ban(ip->s, (size_t)(ip->len > 0 ? ip->len : 0), ttl != NULL ? *ttl : -1,
+			reason != NULL ? reason->s : NULL,
+			(size_t)(reason != NULL && reason->len > 0 ? reason->len : 0));
+}
+
+/* apiban_unban(ip): the same results as apiban_ban. */
+static int w_apiban_unban(struct sip_msg *msg, str *ip)
+{
+	return apiban_unban(ip->s, (size_t)(ip->len > 0 ? ip->len : 0));
+}
+
 const cmd_export_t apiban_osips_cmds[] = {
 	{"apiban_check", (cmd_function)w_apiban_check, {
 		{CMD_PARAM_STR | CMD_PARAM_OPT, 0, 0},
+		{0, 0, 0}},
+		ALL_ROUTES},
+	{"apiban_ban", (cmd_function)w_apiban_ban, {
+		{CMD_PARAM_STR, 0, 0},
+		{CMD_PARAM_INT | CMD_PARAM_OPT, 0, 0},
+		{CMD_PARAM_STR | CMD_PARAM_OPT, 0, 0},
+		{0, 0, 0}},
+		ALL_ROUTES},
+	{"apiban_unban", (cmd_function)w_apiban_unban, {
+		{CMD_PARAM_STR, 0, 0},
 		{0, 0, 0}},
 		ALL_ROUTES},
 	{0, 0, {{0, 0, 0}}, 0}};
@@ -200,6 +227,192 @@ static mi_response_t *apiban_mi_check(const mi_params_t *params, struct mi_handl
 	return resp;
 }
 
+/* ---- MI: local bans -------------------------------------------------------------------- */
+
+#define APIBAN_MI_BANS_DEFAULT 100
+#define APIBAN_MI_BANS_MAX 1000
+
+/* An MI parameter as text (0 ok, -1 missing or not a string or number). A number arrives
+ * formatted in OpenSIPS's one static buffer (sint2str), which the next number overwrites: so
+ * whatever fits is copied into buf. */
+static int apiban_mi_text(const mi_params_t *params, char *name, char *buf, size_t size,
+		char **s, int *len)
+{
+	if (get_mi_string_param(params, name, s, len) < 0)
+		return -1;
+	if (*len < 0)
+		*len = 0;
+	if ((size_t)*len < size) {
+		memcpy(buf, *s, (size_t)*len);
+		buf[*len] = '\0';
+		*s = buf;
+	}
+	return 0;
+}
+
+/* A struct apiban_reply as the members of an MI object, in its order. */
+static int apiban_mi_fields(mi_item_t *obj, const struct apiban_reply *r)
+{
+	int i;
+
+	for (i = 0; i < r->count && i < APIBAN_REPLY_FIELDS; i++) {
+		char *name = (char *)r->fields[i].name;
+		if (r->fields[i].is_number
+				? add_mi_number(obj, name, (int)strlen(name), (double)r->fields[i].number) < 0
+				: add_mi_string(obj, name, (int)strlen(name), r->fields[i].text,
+					(int)strlen(r->fields[i].text)) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* The reply of apiban_ban, _unban and _lookup: an object of the core's fields, or its error (a
+ * -1 without one: the core is not initialised). */
+static mi_response_t *apiban_mi_reply(int rc, const struct apiban_reply *r)
+{
+	mi_response_t *resp;
+	mi_item_t *obj;
+
+	if (rc < 0) {
+		if (r->error[0] != '\0')
+			return init_mi_error(400, r->error, (int)strlen(r->error));
+		return init_mi_error(500, MI_SSTR("apiban is not initialised"));
+	}
+	resp = init_mi_result_object(&obj);
+	if (resp == NULL)
+		return NULL;
+	if (apiban_mi_fields(obj, r) < 0) {
+		free_mi_response(resp);
+		return NULL;
+	}
+	return resp;
+}
+
+/* apiban_ban ip [ttl [reason]]: n is how many of them the recipe has; the absent ones
+ * reach the core as NULL. */
+static mi_response_t *apiban_mi_ban(const mi_params_t *params, int n)
+{
+	char ip_buf[APIBAN_TEXT_LEN], ttl_buf[APIBAN_TEXT_LEN], reason_buf[APIBAN_TEXT_LEN];
+	char *ip, *ttl = NULL, *reason = NULL;
+	int ip_len, ttl_len = 0, reason_len = 0;
+	struct apiban_reply out;
+
+	if (apiban_mi_text(params, "ip", ip_buf, sizeof(ip_buf), &ip, &ip_len) < 0
+			|| (n >= 2 && apiban_mi_text(params, "ttl", ttl_buf, sizeof(ttl_buf), &ttl, &ttl_len) < 0)
+			|| (n >= 3 && apiban_mi_text(params, "reason", reason_buf, sizeof(reason_buf), &reason,
+					&reason_len) < 0))
+		return init_mi_param_error();
+	out.count = 0;
+	out.error[0] = '\0';
+	return apiban_mi_reply(apiban_admin_ban(ip, (size_t)ip_len, ttl, (size_t)ttl_len, reason,
+			(size_t)reason_len, &out), &out);
+}
+
+static mi_response_t *apiban_mi_ban1(const mi_params_t *params, struct mi_handler *async_hdl)
+{
+	return apiban_mi_ban(params, 1);
+}
+
+static mi_response_t *apiban_mi_ban2(const mi_params_t *params, struct mi_handler *async_hdl)
+{
+	return apiban_mi_ban(params, 2);
+}
+
+static mi_response_t *apiban_mi_ban3(const mi_params_t *params, struct mi_handler *async_hdl)
+{
+	return apiban_mi_ban(params, 3);
+}
+
+static mi_response_t *apiban_mi_unban(const mi_params_t *params, struct mi_handler *async_hdl)
+{
+	char ip_buf[APIBAN_TEXT_LEN];
+	char *ip;
+	int ip_len;
+	struct apiban_reply out;
+
+	if (apiban_mi_text(params, "ip", ip_buf, sizeof(ip_buf), &ip, &ip_len) < 0)
+		return init_mi_param_error();
+	out.count = 0;
+	out.error[0] = '\0';
+	return apiban_mi_reply(apiban_admin_unban(ip, (size_t)ip_len, &out), &out);
+}
+
+static mi_response_t *apiban_mi_lookup(const mi_params_t *params, struct mi_handler *async_hdl)
+{
+	char ip_buf[APIBAN_TEXT_LEN];
+	char *ip;
+	int ip_len;
+	struct apiban_reply out;
+
+	if (apiban_mi_text(params, "ip", ip_buf, sizeof(ip_buf), &ip, &ip_len) < 0)
+		return init_mi_param_error();
+	out.count = 0;
+	out.error[0] = '\0';
+	return apiban_mi_reply(apiban_admin_lookup(ip, (size_t)ip_len, &out), &out);
+}
+
+struct apiban_mi_list {
+	mi_item_t *bans; /* the array */
+	int failed;
+};
+
+static void apiban_mi_each_ban(void *c, const struct apiban_reply *ban)
+{
+	struct apiban_mi_list *l = c;
+	mi_item_t *obj;
+
+	if (l->failed)
+		return;
+	obj = add_mi_object(l->bans, NULL, 0);
+	if (obj == NULL || apiban_mi_fields(obj, ban) < 0)
+		l->failed = 1;
+}
+
+/* apiban_bans [max]: { bans: [ {address, kind, made_at, expires, node, reason}, ... ], total } */
+static mi_response_t *apiban_mi_bans(int max)
+{
+	struct apiban_mi_list l = {NULL, 0};
+	mi_response_t *resp;
+	mi_item_t *obj;
+	int total;
+
+	if (max < 1)
+		return init_mi_error(400, MI_SSTR("apiban_bans [max]: max is 1 to 1000"));
+	resp = init_mi_result_object(&obj);
+	if (resp == NULL)
+		return NULL;
+	l.bans = add_mi_array(obj, MI_SSTR("bans"));
+	if (l.bans == NULL) {
+		free_mi_response(resp);
+		return NULL;
+	}
+	total = apiban_admin_bans((size_t)(max < APIBAN_MI_BANS_MAX ? max : APIBAN_MI_BANS_MAX),
+			apiban_mi_each_ban, &l);
+	if (total < 0) {
+		free_mi_response(resp);
+		return init_mi_error(500, MI_SSTR("apiban is not initialised"));
+	}
+	if (l.failed || APIBAN_MI_NUM(obj, "total", total)) {
+		free_mi_response(resp);
+		return NULL;
+	}
+	return resp;
+}
+
+static mi_response_t *apiban_mi_bans0(const mi_params_t *params, struct mi_handler *async_hdl)
+{
+	return apiban_mi_bans(APIBAN_MI_BANS_DEFAULT);
+}
+
+static mi_response_t *apiban_mi_bans1(const mi_params_t *params, struct mi_handler *async_hdl)
+{
+	int max;
+
+	if (get_mi_int_param(params, "max", &max) < 0)
+		return init_mi_param_error();
+	return apiban_mi_bans(max);
+}
+
 const mi_export_t apiban_osips_mi[] = {
 	{"apiban_stats", "Counters and sync status of the APIBAN table.", 0, 0, {
 		{apiban_mi_stats, {0}},
@@ -209,6 +422,21 @@ const mi_export_t apiban_osips_mi[] = {
 		{EMPTY_MI_RECIPE}}},
 	{"apiban_check", "Tell whether an address is listed: apiban_check ip=IP.", 0, 0, {
 		{apiban_mi_check, {"ip", 0}},
+		{EMPTY_MI_RECIPE}}},
+	{"apiban_ban", "Ban an address here (and on every node, in fleet mode): apiban_ban ip=IP [ttl=TTL] [reason=REASON]; ttl in seconds or like 1h, absent or empty: ban_ttl.", 0, 0, {
+		{apiban_mi_ban1, {"ip", 0}},
+		{apiban_mi_ban2, {"ip", "ttl", 0}},
+		{apiban_mi_ban3, {"ip", "ttl", "reason", 0}},
+		{EMPTY_MI_RECIPE}}},
+	{"apiban_unban", "Lift a local ban, or let an address APIBAN lists through until its listing ends: apiban_unban ip=IP.", 0, 0, {
+		{apiban_mi_unban, {"ip", 0}},
+		{EMPTY_MI_RECIPE}}},
+	{"apiban_lookup", "Tell whether an address is refused and why (listed, banned, allowed, exempted): apiban_lookup ip=IP.", 0, 0, {
+		{apiban_mi_lookup, {"ip", 0}},
+		{EMPTY_MI_RECIPE}}},
+	{"apiban_bans", "List the local bans and exemptions, newest first: apiban_bans [max=MAX] (default 100, at most 1000).", 0, 0, {
+		{apiban_mi_bans0, {0}},
+		{apiban_mi_bans1, {"max", 0}},
 		{EMPTY_MI_RECIPE}}},
 	{EMPTY_MI_EXPORT}};
 

@@ -238,7 +238,7 @@ pub struct Meta {
     pub settings: String,
 }
 
-fn text(v: &Value) -> Option<String> {
+pub fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),

@@ -16,7 +16,7 @@
 
 pub mod layout;
 #[cfg(test)]
-mod redis_tests;
+pub(crate) mod redis_tests;
 mod sentinel;
 pub mod target;
 
@@ -418,6 +418,13 @@ impl Fleet {
                 Err(fe)
             }
         }
+    }
+
+    /// One exchange with the fleet's Redis on this client's own connection, with the same
+    /// timeouts, reconnect pace and error classes: for the ban keeper, which shares the fleet's
+    /// Redis (and its prefix) but not the refresher's connection.
+    pub fn exchange<T>(&mut self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> Result<T, FleetError> {
+        self.run(|c, _, _| f(c))
     }
 
     /// Takes the lease when nobody holds it, renews ours when a third of `leader_ttl` has

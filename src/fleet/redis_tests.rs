@@ -7,9 +7,9 @@ use super::*;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     dir: PathBuf,
 }
 
@@ -21,8 +21,19 @@ impl Drop for Server {
     }
 }
 
+/// A loopback port no other test of this process was given: tests run in parallel, and two
+/// that drew the same port would share one redis-server (the second fails to bind, and its
+/// test talks to the first's), which is how this file once flaked.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let p = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&p) {
+            given.push(p);
+            return p;
+        }
+    }
 }
 
 /// Starts `bin` (redis-server or redis-sentinel) on `port` with `args` and waits until it
@@ -40,7 +51,7 @@ fn start(bin: &str, args: &[String], port: u16, dir: PathBuf) -> Option<Server> 
 }
 
 /// A redis-server these tests cannot do without: no program is a failure, not a skip.
-fn server(extra: &[&str]) -> Server {
+pub(crate) fn server(extra: &[&str]) -> Server {
     redis_server(extra).expect("cannot start redis-server: scripts/setup-debian.sh installs it, and these tests need it")
 }
 
@@ -55,7 +66,7 @@ fn redis_server(extra: &[&str]) -> Option<Server> {
     start("redis-server", &args, port, dir)
 }
 
-fn settings(port: u16, node: &str, password: Option<&str>) -> FleetSettings {
+pub(crate) fn settings(port: u16, node: &str, password: Option<&str>) -> FleetSettings {
     let creds = password.map(|p| format!(":{p}@")).unwrap_or_default();
     FleetSettings {
         target: RedisTarget::parse(&format!("redis://{creds}127.0.0.1:{port}")).unwrap(),
@@ -71,7 +82,7 @@ fn settings(port: u16, node: &str, password: Option<&str>) -> FleetSettings {
     }
 }
 
-fn raw(port: u16) -> Connection {
+pub(crate) fn raw(port: u16) -> Connection {
     Client::open(format!("redis://127.0.0.1:{port}")).unwrap().get_connection().unwrap()
 }
 

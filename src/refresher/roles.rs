@@ -85,7 +85,7 @@ pub(super) struct FleetNode {
     shown: (Role, String),
 }
 
-fn fleet_settings(s: &Settings) -> Option<FleetSettings> {
+pub(super) fn fleet_settings(s: &Settings) -> Option<FleetSettings> {
     let cfg = &s.cfg;
     Some(FleetSettings {
         target: cfg.redis_url.clone()?,
