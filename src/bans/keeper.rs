@@ -265,6 +265,11 @@ impl<'a> Keeper<'a> {
         if !self.unsaved || self.saved_at.is_some_and(|t| t.elapsed() < SAVE_EVERY) {
             return;
         }
+        // A server that never banned anything leaves no bans file beside its snapshot.
+        if self.store.is_empty() && !path.exists() {
+            self.unsaved = false;
+            return;
+        }
         self.saved_at = Some(Instant::now());
         match crate::snapshot::write_durably(path, store::encode(self.store).as_bytes()) {
             Ok(()) => self.unsaved = false,

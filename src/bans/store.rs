@@ -45,6 +45,10 @@ impl Store {
         self.map.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     /// A request of this node, made at `now_ms` by the keeper's clock. `listed_until`: the
     /// feed's listing of the address, when it has one in force.
     pub fn apply(&mut self, r: &Request, now_ms: u64, listed_until: Option<u64>) -> Applied {
