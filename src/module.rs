@@ -25,7 +25,8 @@ pub struct Module {
     pub allow: AllowList,
     /// The snapshot read at start, handed to the refresher (its copy, after the fork).
     pub initial: Mutex<Option<Snapshot>>,
-    /// Local bans in force, probed after the feed's table misses (only when not empty).
+    /// Local bans in force, probed after the feed's table misses, only when the feed's table's
+    /// companion count says there are some.
     pub bans: Table,
     /// Feed addresses an operator unbanned, probed after a feed hit (only when not empty).
     pub exempt: Table,
@@ -120,7 +121,7 @@ pub fn init() -> Result<(), String> {
     bans.set_now(now);
     exempt.set_now(now);
     let node = settings.cfg.node_id.clone().or_else(crate::os::host_name).unwrap_or_else(|| "this node".into());
-    let initial_bans = load_bans(&settings, &bans, &exempt, &board, &stats, &node, now);
+    let initial_bans = load_bans(&settings, &table, &bans, &exempt, &board, &stats, &node, now);
     let allow = AllowList::new(settings.cfg.allow.clone());
     log_info!(
         "initialised: feed {} (API v{}, set {}), every {} s, up to {} entries ({} MB of shared memory reserved, used as filled), {} allow rule(s)",
@@ -152,7 +153,8 @@ pub fn init() -> Result<(), String> {
 
 /// The bans file beside the snapshot: published before the fork, so that a restart refuses a
 /// banned source at once, then handed to the ban keeper.
-fn load_bans(settings: &Settings, bans: &Table, exempt: &Table, board: &Board, stats: &Stats, node: &str, now: u64) -> Option<Vec<(Key, Ban)>> {
+#[allow(clippy::too_many_arguments)]
+fn load_bans(settings: &Settings, table: &Table, bans: &Table, exempt: &Table, board: &Board, stats: &Stats, node: &str, now: u64) -> Option<Vec<(Key, Ban)>> {
     let path = bans::store::file_for(settings.cfg.snapshot_file.as_deref()?);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -176,6 +178,7 @@ fn load_bans(settings: &Settings, bans: &Table, exempt: &Table, board: &Board, s
     store.evict();
     let live = store.in_force(now);
     let n = bans::publish_tables(bans, exempt, &live);
+    table.set_companion(n as u64);
     bans::publish_board(board, live);
     num!(stats.get(), bans).store(n as u64, Relaxed);
     let note = if bad > 0 { format!(" ({bad} damaged line(s) skipped)") } else { String::new() };
@@ -193,7 +196,7 @@ impl Module {
         self.stats.get().mine().checks.fetch_add(1, Relaxed);
         if self.table.contains(key) {
             self.listed(key)
-        } else if !self.bans.is_empty() {
+        } else if self.table.companion() != 0 {
             self.banned(key)
         } else {
             APIBAN_NOT_LISTED

@@ -61,6 +61,10 @@ struct Header {
     current: AtomicU64,
     /// Coarse unix time in seconds, kept by the refresher; entries with expiry <= now are gone.
     now: AtomicU64,
+    /// Entries of another table that lookups probe after this one misses (the local bans),
+    /// kept here by that table's writer: a lookup reads this line anyway, so a caller learns
+    /// for one load that the other table is empty and skips it.
+    companion: AtomicU64,
     gens: [Generation; 2],
 }
 
@@ -169,8 +173,8 @@ impl Table {
     #[inline(always)]
     pub fn contains(&self, key: Key) -> bool {
         match key {
-            Key::V4(k) => self.read(|g, gen, now| self.probe4(g, gen, k).is_some_and(|e| e > now)),
-            Key::V6(k) => self.read(|g, gen, now| self.probe6(g, gen, k).is_some_and(|e| e > now)),
+            Key::V4(k) => self.read(|g, gen, now| self.probe4(g, gen, k, |e| e > now, false)),
+            Key::V6(k) => self.read(|g, gen, now| self.probe6(g, gen, k, |e| e > now, false)),
         }
     }
 
@@ -178,19 +182,27 @@ impl Table {
     /// ban keeper, not the lookup path.
     pub fn expiry(&self, key: Key) -> Option<u64> {
         let exp = match key {
-            Key::V4(k) => self.read(|g, gen, _| self.probe4(g, gen, k)),
-            Key::V6(k) => self.read(|g, gen, _| self.probe6(g, gen, k)),
+            Key::V4(k) => self.read(|g, gen, _| self.probe4(g, gen, k, Some, None)),
+            Key::V6(k) => self.read(|g, gen, _| self.probe6(g, gen, k, Some, None)),
         };
         exp.filter(|&e| e > self.now())
     }
 
-    /// True when the published generation holds nothing: one look at its header, so that a
-    /// caller can skip the probe of a table that is nearly always empty (the local bans).
-    #[inline(always)]
+    /// True when the published generation holds nothing.
     pub fn is_empty(&self) -> bool {
         let h = self.hdr();
         let gen = &h.gens[(h.current.load(Relaxed) & 1) as usize];
         gen.len4.load(Relaxed) == 0 && gen.len6.load(Relaxed) == 0
+    }
+
+    /// The companion count (see the header): how many entries another table holds.
+    #[inline(always)]
+    pub fn companion(&self) -> u64 {
+        self.hdr().companion.load(Relaxed)
+    }
+
+    pub fn set_companion(&self, n: u64) {
+        self.hdr().companion.store(n, Relaxed);
     }
 
     /// Runs `probe` on the published generation, again until no publish raced it.
@@ -215,9 +227,10 @@ impl Table {
         }
     }
 
-    /// The expiry of `k` in generation `g`, if it holds `k`.
+    /// `hit(expiry)` when generation `g` holds `k`, else `miss`. Generic so that `contains`
+    /// compiles to the plain probe it always was.
     #[inline(always)]
-    fn probe4(&self, g: usize, gen: &Generation, k: u32) -> Option<u64> {
+    fn probe4<R: Copy>(&self, g: usize, gen: &Generation, k: u32, hit: impl Fn(u64) -> R, miss: R) -> R {
         let cap = (gen.cap4.load(Relaxed) as usize).min(self.max4);
         let slots = &self.slots4(g)[..cap];
         let i = slot_index(hash4(k, gen.seed.load(Relaxed)), cap);
@@ -227,20 +240,20 @@ impl Table {
             for s in part {
                 let v = s.load(Relaxed);
                 if v == 0 {
-                    return Some(None);
+                    return Some(miss);
                 }
                 if v as u32 == k {
-                    return Some(Some(v >> 32));
+                    return Some(hit(v >> 32));
                 }
             }
             None
         };
         let (head, tail) = slots.split_at(i);
-        scan(tail).or_else(|| scan(head)).flatten()
+        scan(tail).or_else(|| scan(head)).unwrap_or(miss)
     }
 
     #[inline(always)]
-    fn probe6(&self, g: usize, gen: &Generation, k: u128) -> Option<u64> {
+    fn probe6<R: Copy>(&self, g: usize, gen: &Generation, k: u128, hit: impl Fn(u64) -> R, miss: R) -> R {
         let cap = (gen.cap6.load(Relaxed) as usize).min(self.max6);
         let slots = &self.slots6(g)[..cap];
         let (hi, lo) = ((k >> 64) as u64, k as u64);
@@ -249,16 +262,16 @@ impl Table {
             for s in part {
                 let exp = s.exp.load(Relaxed);
                 if exp == 0 {
-                    return Some(None);
+                    return Some(miss);
                 }
                 if s.lo.load(Relaxed) == lo && s.hi.load(Relaxed) == hi {
-                    return Some(Some(exp));
+                    return Some(hit(exp));
                 }
             }
             None
         };
         let (head, tail) = slots.split_at(i);
-        scan(tail).or_else(|| scan(head)).flatten()
+        scan(tail).or_else(|| scan(head)).unwrap_or(miss)
     }
 
     /// Number of entries (v4, v6) in the published generation.

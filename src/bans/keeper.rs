@@ -247,6 +247,8 @@ impl<'a> Keeper<'a> {
             self.tables_len = live.len();
             self.tables_at = Some(Instant::now());
             let n = super::publish_tables(&m.bans, &m.exempt, &live);
+            // After the tables: a lookup that sees the count then finds them published.
+            m.table.set_companion(n as u64);
             num!(m.stats.get(), bans).store(n as u64, Relaxed);
             self.changed = false;
             self.unsaved = true;
