@@ -355,6 +355,14 @@ class Kamailio(SipServer):
         total = int(re.search(r"total:\s*(\d+)", out).group(1))
         return total, re.findall(r"address:\s*(\S+)", out)
 
+    def refresher_pid(self):
+        """The PID of the module's refresher process (core.psx: "APIBAN REFRESHER")."""
+        _, out = self.kamcmd("core.psx")
+        for m in re.finditer(r"PID:\s*(\d+)\s*\n\s*DSC:\s*(.*)", out):
+            if "APIBAN" in m.group(2).upper():
+                return int(m.group(1))
+        raise AssertionError(f"no refresher in core.psx: {out}")
+
     def kamcmd(self, *args, timeout=10):
         r = subprocess.run([KAMCMD, "-s", self.ctl, *args], capture_output=True, text=True, timeout=timeout)
         return r.returncode, r.stdout + r.stderr

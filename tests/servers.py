@@ -267,6 +267,13 @@ class OpenSIPS(SipServer):
     def process_names(self):
         return "\n".join(p["Type"] for p in self.mi("ps")["Processes"])
 
+    def refresher_pid(self):
+        """The PID of the module's refresher process (MI ps)."""
+        for p in self.mi("ps")["Processes"]:
+            if "apiban" in p["Type"].lower():
+                return p["PID"]
+        raise AssertionError(f"no refresher in ps: {self.process_names()}")
+
     def mi_admin(self, method, params):
         try:
             return self.mi(method, params)

@@ -241,8 +241,10 @@ impl<'a> Keeper<'a> {
         let m = self.m;
         // A publish rebuilds the tables whole: under a flood of bans, large tables are rebuilt
         // at most every LARGE_EVERY, which bounds the keeper's work whatever the flood's rate.
+        // An admin command waiting for a change gets the tables first, then the board.
+        let wanted = m.board.take_wanted();
         let pace = if self.tables_len >= LARGE { LARGE_EVERY } else { Duration::ZERO };
-        if self.changed && self.tables_at.is_none_or(|t| t.elapsed() >= pace) {
+        if self.changed && (wanted || self.tables_at.is_none_or(|t| t.elapsed() >= pace)) {
             let live = self.store.in_force(now);
             self.tables_len = live.len();
             self.tables_at = Some(Instant::now());
@@ -254,7 +256,6 @@ impl<'a> Keeper<'a> {
             self.unsaved = true;
             self.board_stale = true;
         }
-        let wanted = m.board.take_wanted();
         if wanted || (self.board_stale && self.board_at.is_none_or(|t| t.elapsed() >= BOARD_EVERY)) {
             super::publish_board(&m.board, self.store.in_force(now));
             self.board_stale = false;
