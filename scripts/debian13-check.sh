@@ -140,6 +140,21 @@ enter() {
 in_chroot() {  # in_chroot ROOT CMD: CMD by bash, as root, in a clean login-like environment
     chroot "$1" "${ENV_IN[@]}" /bin/bash -c "$2" </dev/null 9>&-
 }
+# run_in_chroot CMD LOG: CMD in the clone, its output shown and kept in LOG; its exit status in rc.
+# In the background, polled: a signal to this script then stops it at once (bash runs a trap only
+# once a command in the foreground has ended), and the trap kills what runs in the chroot.
+run_in_chroot() {
+    local pipe
+    rm -f "$DIR/.rc"
+    { in_chroot "$ROOT" "cd $CLONE && $1" && rc=0 || rc=$?; echo "$rc" > "$DIR/.rc.new"; mv "$DIR/.rc.new" "$DIR/.rc"; } 2>&1 | tee "$2" &
+    pipe=$!
+    while [[ ! -f $DIR/.rc ]] && kill -0 "$pipe" 2>/dev/null; do sleep 1; done
+    # What the command left running is a fault of its own (shown), would disturb the next command,
+    # and may hold the pipe to tee open.
+    kill_chroot_procs
+    wait "$pipe" || true
+    rc=$(cat "$DIR/.rc" 2>/dev/null) || rc=255
+}
 
 # --- the base: debootstrap once --------------------------------------------------------------------
 if [[ ! -f $BASE/.apiban-complete ]]; then
@@ -197,7 +212,7 @@ fi
 git -C "$ROOT$CLONE" fetch -q "$REPO" HEAD
 git -C "$ROOT$CLONE" checkout -q -f -B check FETCH_HEAD
 git -C "$ROOT$CLONE" clean -q -ffd
-head=$(git -C "$ROOT$CLONE" log -1 --format='%h %s')
+head=$(git -C "$ROOT$CLONE" log -1 --format=%h)
 
 enter "$ROOT"
 # The host may reach crates.io and PyPI through a TLS-inspecting proxy whose CA it trusts locally:
@@ -224,10 +239,7 @@ say "Debian $(cat "$ROOT/etc/debian_version") in $ROOT, $CLONE at $head, $(in_ch
 if [[ -n $run_cmd ]]; then
     say "--run: $run_cmd"
     t0=$(date +%s)
-    set +e
-    in_chroot "$ROOT" "cd $CLONE && $run_cmd"
-    rc=$?
-    set -e
+    run_in_chroot "$run_cmd" /dev/null
     say "--run: exit $rc after $(($(date +%s) - t0)) s"
     exit "$rc"
 fi
@@ -239,29 +251,24 @@ for cmd in "bash scripts/demo.sh" "bash scripts/demo.sh --fleet" "bash scripts/t
     cmdlog=$DIR/logs/$(basename "$LOG" .log)-$(echo "${cmd#bash scripts/}" | tr -c 'a-z0-9\n' -).log
     say "$cmd (output also in $cmdlog)"
     t0=$(date +%s)
-    set +e
-    in_chroot "$ROOT" "cd $CLONE && $cmd" 2>&1 | tee "$cmdlog"
-    rc=${PIPESTATUS[0]}
-    set -e
+    run_in_chroot "$cmd" "$cmdlog"
     dt=$(($(date +%s) - t0))
     say "$cmd: exit $rc after $(fmt "$dt")"
-    # Whatever a command leaves running is a fault of its own, and would disturb the next one.
-    kill_chroot_procs
-    result=ok
-    if ((rc)); then result="FAILED (exit $rc)" failed=1; fi
+    result="ok, $(fmt "$dt")"
+    if ((rc)); then result="FAILED (exit $rc), $(fmt "$dt")" failed=1; fi
     # test.sh's own counts (unittest's "Ran N tests", "OK (skipped=K)"; the last unittest run) and
     # whether OpenSIPS ran.
     if [[ $cmd == *test.sh ]]; then
         ran=$(grep -E '^Ran [0-9]+ tests? in' "$cmdlog" | tail -1 | cut -d' ' -f2) || true
         verdict=$(grep -E '^(OK|FAILED)( \(.*\))?$' "$cmdlog" | tail -1) || true
-        [[ -z $ran ]] || result+=", $ran tests, $verdict"
+        [[ -z $ran ]] || result+=", Ran $ran tests: $verdict"
         if grep -q '^== OpenSIPS: SKIPPED' "$cmdlog"; then result+=", OpenSIPS SKIPPED"; fi
     fi
-    summary+=("${cmd#bash scripts/}: $result in $(fmt "$dt")")
+    summary+=("${cmd#bash scripts/}: $result")
 done
 
 ver() { in_chroot "$ROOT" "set -o pipefail; $1" 2>/dev/null || echo none; }
-say "inside: $(ver 'openssl version'), $(ver 'python3 --version'), $(ver 'redis-server --version | cut -d" " -f1-3')"
+say "inside: $(ver 'openssl version | cut -d" " -f1-2'), $(ver 'python3 --version'), $(ver 'redis-server --version | cut -d" " -f1-3')"
 debian=$(cat "$ROOT/etc/debian_version")
 kam=$(ver "dpkg-query -W -f='\${Version}' kamailio")
 last="debian13-check: Debian $debian, kamailio $kam, $head |"
