@@ -7,7 +7,8 @@
 #   - the tarball's sha256 is checked, then it is unpacked at $OPENSIPS_SRC (outside the repository,
 #     default /usr/local/src/opensips-3.6.8);
 #   - only the core (proto_udp is part of it) and the modules the tests load (sl signaling mi_fifo
-#     pike) are built, with make -j2, the build dependencies from Debian (bison, flex; ncurses for the
+#     pike) are built, with make -j2, the build dependencies from Debian (bison, flex; OpenSSL's
+#     headers and pkgconf, which the core's ssl_tweaks.h and Makefile.defs use; ncurses for the
 #     osipsconfig that `make install-bin` builds);
 #   - installed under $OPENSIPS_ROOT (default /usr/local/opensips-3.6): sbin/opensips,
 #     lib64/opensips/modules/, etc/opensips/. The prefix is written into the tree's Makefile.conf,
@@ -34,7 +35,7 @@ OPENSIPS_ROOT=${OPENSIPS_ROOT:-/usr/local/opensips-3.6}
 # Every module the tests and opensips-cfg/opensips.cfg load (proto_udp is built into the core; pike
 # only with -DWITH_ANTIFLOOD).
 MODULES=(sl signaling mi_fifo pike)
-BUILD_DEPS=(bison flex make gcc m4 libncurses-dev)
+BUILD_DEPS=(bison flex make gcc m4 libncurses-dev libssl-dev pkgconf)
 
 print_env=
 source_arg=
@@ -134,7 +135,7 @@ if [[ -n $tree ]]; then
         need_deps
         start=$(date +%s)
         say "building the core and ${MODULES[*]} in $OPENSIPS_SRC"
-        "${clean_env[@]}" make -s -C "$OPENSIPS_SRC" -j2 app modules modules="$mods" >/dev/null
+        "${clean_env[@]}" make -s -C "$OPENSIPS_SRC" -j2 app modules modules="$mods" >/dev/null || die "make failed in $OPENSIPS_SRC"
         check_tree || die "the tree at $OPENSIPS_SRC does not work after make"
         say "built in $(( $(date +%s) - start )) s: $tree_version"
     fi
@@ -170,7 +171,7 @@ if [[ $(cat "$OPENSIPS_SRC/.apiban-source" 2>/dev/null) != "$actual" ]]; then
     mkdir -p "$parent"
     tmp=$(mktemp -d "$parent/.opensips-unpack.XXXXXX")
     trap 'rm -rf "$tmp"' EXIT
-    tar -xJf "$tarball" -C "$tmp"
+    tar -xJf "$tarball" -C "$tmp" || die "cannot unpack $tarball"
     [[ -f $tmp/$top/sr_module.h ]] || die "$tarball does not hold an OpenSIPS tree"
     # The release's revision, as an upstream tarball carries it (git archive leaves it out).
     [[ $actual == "$VENDOR_SHA256" && ! -f $tmp/$top/.gitrevision ]] && echo "$VENDOR_COMMIT" > "$tmp/$top/.gitrevision"
@@ -185,11 +186,13 @@ if [[ $(cat "$OPENSIPS_SRC/.apiban-source" 2>/dev/null) != "$actual" ]]; then
     trap - EXIT
 fi
 
-# Build the core and the modules (one make, both cores busy), then install only them.
-"${clean_env[@]}" make -s -C "$OPENSIPS_SRC" -j2 app modules modules="$mods" >/dev/null
+# Build the core and the modules (one make, both cores busy), then install only them. A failure
+# exits 1 (die): make's own status, 2, would tell scripts/test.sh there is nothing to build.
+"${clean_env[@]}" make -s -C "$OPENSIPS_SRC" -j2 app modules modules="$mods" >/dev/null || die "make failed in $OPENSIPS_SRC"
 t_built=$(date +%s)
 rm -rf "$OPENSIPS_ROOT"
-"${clean_env[@]}" make -s -C "$OPENSIPS_SRC" install-bin install-modules install-cfg modules="$mods" >/dev/null
+"${clean_env[@]}" make -s -C "$OPENSIPS_SRC" install-bin install-modules install-cfg modules="$mods" >/dev/null \
+    || die "make install failed in $OPENSIPS_SRC"
 echo "$want" > "$STAMP"
 check_installed || die "the build installed under $OPENSIPS_ROOT does not work"
 say "built in $((t_built - start)) s, installed in $(( $(date +%s) - t_built )) s"

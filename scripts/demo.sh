@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 
 bash scripts/setup-debian.sh
+find_python
 echo "== building the module: cargo build --release"
 cargo build --release --locked
 if [[ ${1:-} == --fleet ]]; then

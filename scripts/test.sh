@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 
 bash scripts/setup-debian.sh
+find_python
 
 # OpenSIPS is not packaged by Debian: build it (a second run only checks it). Every OpenSIPS suite
 # (tests/test_end_to_end.py for OpenSIPS, tests/test_opensips.py, the OpenSIPS node of

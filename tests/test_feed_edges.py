@@ -16,6 +16,15 @@ KEY = "k-edges-0123456789"
 FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 
+def set_clock_offset(path, offset):
+    """Writes libfaketime's offset file (FAKETIME_TIMESTAMP_FILE, "+300", "-1800") in one step, a
+    rename: the preloaded library re-reads it at every call (FAKETIME_NO_CACHE), and Debian 13's
+    exits the server when it reads the file between the truncation and the write."""
+    with open(path + ".new", "w") as f:
+        f.write(f"{offset}\n")
+    os.replace(path + ".new", path)
+
+
 def start(tmp, feed, interval=1, rate_limit=None, modparams=(), env=None):
     defines = {"APIBAN_INTERVAL": str(interval)}
     if rate_limit:
@@ -109,8 +118,7 @@ class WallClockSteppedBack(unittest.TestCase):
     def test_incremental_pulls_go_on(self):
         tmp = TempDir("clock")
         offset = os.path.join(tmp.path, "faketime")
-        with open(offset, "w") as f:
-            f.write("+0\n")
+        set_clock_offset(offset, "+0")
         env = dict(os.environ, LD_PRELOAD=FAKETIME_LIB, FAKETIME_TIMESTAMP_FILE=offset, FAKETIME_NO_CACHE="1",
                    FAKETIME_DONT_FAKE_MONOTONIC="1")
         feed = FakeApiban(key=KEY, ips=["127.0.0.66"]).start()
@@ -120,8 +128,7 @@ class WallClockSteppedBack(unittest.TestCase):
             s0 = kam.wait_synced(entries=1)
             self.assert_server_clock_behind(kam, 0, "before the step")
             # The step: the server's wall time, not its monotonic one.
-            with open(offset, "w") as f:
-                f.write(f"-{self.STEP}\n")
+            set_clock_offset(offset, f"-{self.STEP}")
             wait_until(lambda: kam.stats()["syncs"] >= s0["syncs"] + 2, timeout=10, step=0.2,
                        what="pulls after the clock stepped back")
             self.assert_server_clock_behind(kam, self.STEP, "after the step")

@@ -70,7 +70,7 @@ import unittest
 
 from harness import FakeApiban, TempDir, parse_kamcmd_struct, wait_until
 from redis_server import RedisSentinel, RedisServer, wait_port_free
-from test_feed_edges import FAKETIME_LIB
+from test_feed_edges import FAKETIME_LIB, set_clock_offset
 from test_fleet import CLEAN, GENERATED, KEY, LISTED, TTL, Node, setUpModule  # noqa: F401
 
 PW = "life-redis-pw-7c1f9"
@@ -404,8 +404,7 @@ class TestFleetLifecycle(unittest.TestCase):
             step = self.rng.choice([s for s in CLOCK_STEPS if s != self.clock])
             self.event(kind, f"node-c's wall clock {step:+d} s (was {self.clock:+d} s)")
             self.clock = step
-            with open(self.clock_file, "w") as f:
-                f.write(f"{step:+d}\n")
+            set_clock_offset(self.clock_file, f"{step:+d}")
         else:
             raise ValueError(kind)
         return time.time()
@@ -438,8 +437,7 @@ class TestFleetLifecycle(unittest.TestCase):
 
         self.clock_file = os.path.join(self.tmp.path, "faketime-node-c")
         self.clock = 0
-        with open(self.clock_file, "w") as f:
-            f.write("+0\n")
+        set_clock_offset(self.clock_file, "+0")
         faketime = {"LD_PRELOAD": FAKETIME_LIB, "FAKETIME_TIMESTAMP_FILE": self.clock_file,
                     "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
         for name in ("node-a", "node-b", "node-c"):

@@ -41,13 +41,16 @@ def make_certs(d):
             raise AssertionError(f"openssl {' '.join(args)}: {r.stderr}")
 
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    # Valid from four days back, so that it was valid when the expired certificate was signed.
+    # Valid from four days back, so that it was valid when the expired certificate was signed. The
+    # extensions RFC 5280 asks for (key usage on the CA; key identifiers, key usage on the others):
+    # Python 3.13 (Debian 13) verifies strictly (VERIFY_X509_STRICT) and refuses a CA without them.
     openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "6", "-subj", "/CN=apiban test CA",
-            faketime="4 days ago")
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign", faketime="4 days ago")
     for name, san, back in [("good", "IP:127.0.0.1", None), ("other", "DNS:feed.example.net", None),
                             ("expired", "IP:127.0.0.1", "3 days ago")]:
         write_text(os.path.join(d, f"{name}.ext"),
-                   f"subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+                   f"subjectAltName={san}\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                   "extendedKeyUsage=serverAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n")
         openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
         # The expired one is signed three days back for one day (under libfaketime): OpenSSL 3.0
         # has no -not_after, and OpenSSL 3.5 refuses -days -1 ("end date before start date").
