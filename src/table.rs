@@ -45,7 +45,7 @@
 //! memory shared by `MAP_SHARED`, which the kernel keeps coherent between processes exactly as
 //! between threads, so the Rust memory-model argument for threads carries over. A torn or
 //! half-written generation is never *used*: its probe result is thrown away when the sequence
-//! check fails; and every index stays inside the mapping even then (see `probe4`).
+//! check fails; and every index stays inside the mapping even then (see `find4`).
 //!
 //! Entries expire at their own time: a lookup compares the slot's expiry with a coarse clock the
 //! refresher keeps in the header, so the lookup path makes no system call.
@@ -278,24 +278,52 @@ impl Table {
     }
 
     /// The lookup path: no allocation, no lock, no system call, and nothing that can panic (no
-    /// slice indexing, no unwrap, no arithmetic that can overflow: see `probe4`). Inlined into
+    /// slice indexing, no unwrap, no arithmetic that can overflow: see `find4`). Inlined into
     /// its callers so that a caller holding an IPv4 address compiles to the IPv4 probe alone.
     #[inline(always)]
     pub fn contains(&self, key: Key) -> bool {
         match key {
-            Key::V4(k) => self.read(|g, gen, now| self.probe4(g, gen, k, |e| e > now, false)),
-            Key::V6(k) => self.read(|g, gen, now| self.probe6(g, gen, k, |e| e > now, false)),
+            Key::V4(k) => self.contains4(k),
+            Key::V6(k) => self.read(|g, gen| self.find6(g, gen, k)) > self.now(),
         }
+    }
+
+    /// One pass of the seqlock over the home bucket inline, straight-line and without a call
+    /// (few registers, so a short frame); a raced pass or a chain past the home bucket (under
+    /// 1 % of lookups) starts again out of line. A miss's 0 is below any clock.
+    #[inline(always)]
+    pub fn contains4(&self, k: u32) -> bool {
+        let h = self.hdr();
+        let g = (h.current.load(Acquire) & 1) as usize;
+        let gen = &h.gens[g];
+        let s1 = gen.seq.load(Acquire);
+        if s1 & 1 == 0 {
+            let nb = gen.nb4.load(Relaxed) as usize;
+            let i = slot_index(hash4(k, gen.seed.load(Relaxed)), nb);
+            // SAFETY: i < max(nb, 1) <= max4 (find4), so the bucket is inside the reservation.
+            let exp = scan4(unsafe { &*self.base4(g).add(i) }, k);
+            fence(Acquire);
+            if let (Some(exp), true) = (exp, gen.seq.load(Relaxed) == s1) {
+                return exp > h.now.load(Relaxed);
+            }
+        }
+        self.contains4_slow(k)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn contains4_slow(&self, k: u32) -> bool {
+        self.read(|g, gen| self.find4(g, gen, k)) > self.now()
     }
 
     /// The expiry (unix seconds) of `key` while it is in force: for the admin commands and the
     /// ban keeper, not the lookup path.
     pub fn expiry(&self, key: Key) -> Option<u64> {
         let exp = match key {
-            Key::V4(k) => self.read(|g, gen, _| self.probe4(g, gen, k, Some, None)),
-            Key::V6(k) => self.read(|g, gen, _| self.probe6(g, gen, k, Some, None)),
+            Key::V4(k) => self.read(|g, gen| self.find4(g, gen, k)),
+            Key::V6(k) => self.read(|g, gen| self.find6(g, gen, k)),
         };
-        exp.filter(|&e| e > self.now())
+        Some(exp).filter(|&e| e > self.now())
     }
 
     /// True when the published generation holds nothing.
@@ -317,9 +345,8 @@ impl Table {
 
     /// Runs `probe` on the published generation, again until no publish raced it.
     #[inline(always)]
-    fn read<T>(&self, probe: impl Fn(usize, &Generation, u64) -> T) -> T {
+    fn read<T>(&self, probe: impl Fn(usize, &Generation) -> T) -> T {
         let h = self.hdr();
-        let now = h.now.load(Relaxed);
         loop {
             let g = (h.current.load(Acquire) & 1) as usize;
             let gen = &h.gens[g];
@@ -327,7 +354,7 @@ impl Table {
             // Odd: the writer has moved on and retired or is rebuilding this one; read
             // `current` again.
             if s1 & 1 == 0 {
-                let found = probe(g, gen, now);
+                let found = probe(g, gen);
                 fence(Acquire);
                 if gen.seq.load(Relaxed) == s1 {
                     return found;
@@ -337,8 +364,8 @@ impl Table {
         }
     }
 
-    /// `hit(expiry)` when generation `g` holds `k`, else `miss`. Generic so that `contains`
-    /// compiles to the plain probe.
+    /// The expiry of `k` in generation `g`, 0 when it holds none (a stored expiry is never 0).
+    /// Its home bucket inline; the rest of a chain (under 1 % of lookups) out of line.
     ///
     /// Why it stays in bounds without a clamp, even on a generation the writer is rebuilding:
     /// the bucket count `nb` is one atomic load, so it is some value the writer stored, and the
@@ -348,60 +375,51 @@ impl Table {
     /// visits at most `nb` buckets, so it ends whatever a racing writer left in them. Nothing
     /// can overflow: `i + 1` with `i < nb <= max4`, `left - 1` only while `left > 1`.
     #[inline(always)]
-    fn probe4<R: Copy>(&self, g: usize, gen: &Generation, k: u32, hit: impl Fn(u64) -> R, miss: R) -> R {
+    fn find4(&self, g: usize, gen: &Generation, k: u32) -> u64 {
         let nb = gen.nb4.load(Relaxed) as usize;
-        let base = self.base4(g);
-        let mut i = slot_index(hash4(k, gen.seed.load(Relaxed)), nb);
-        let mut left = nb;
-        loop {
-            // SAFETY: i < max(nb, 1) <= max4 (above), so the bucket is inside the reservation.
-            let b = unsafe { &*base.add(i) };
-            // Slots fill from the first: an empty one ends the chain (this bucket never
-            // overflowed).
-            for s in &b.0 {
-                let v = s.load(Relaxed);
-                if v == 0 {
-                    return miss;
-                }
-                if v as u32 == k {
-                    return hit(v >> 32);
-                }
-            }
-            if left <= 1 || !overflowed4(b) {
-                return miss;
-            }
-            left -= 1;
-            i = next_bucket(i, nb);
+        let i = slot_index(hash4(k, gen.seed.load(Relaxed)), nb);
+        // SAFETY: i < max(nb, 1) <= max4 (above), so the bucket is inside the reservation.
+        let b = unsafe { &*self.base4(g).add(i) };
+        match scan4(b, k) {
+            Some(exp) => exp,
+            None => self.walk4(g, nb, k, i),
         }
     }
 
-    /// As probe4, for IPv6 buckets (the same bounds argument, with `nb6` and `max6`).
+    /// The chain after a full, flagged home bucket `i`.
+    #[cold]
+    #[inline(never)]
+    fn walk4(&self, g: usize, nb: usize, k: u32, mut i: usize) -> u64 {
+        let mut left = nb;
+        loop {
+            // SAFETY: as find4.
+            let b = unsafe { &*self.base4(g).add(i) };
+            if left <= 1 || !overflowed4(b) {
+                return 0;
+            }
+            left -= 1;
+            i = next_bucket(i, nb);
+            // SAFETY: as find4.
+            if let Some(exp) = scan4(unsafe { &*self.base4(g).add(i) }, k) {
+                return exp;
+            }
+        }
+    }
+
+    /// As find4, for IPv6 buckets (the same bounds argument, with `nb6` and `max6`).
     #[inline(always)]
-    fn probe6<R: Copy>(&self, g: usize, gen: &Generation, k: u128, hit: impl Fn(u64) -> R, miss: R) -> R {
+    fn find6(&self, g: usize, gen: &Generation, k: u128) -> u64 {
         let nb = gen.nb6.load(Relaxed) as usize;
-        let base = self.base6(g);
-        let (hi, lo) = ((k >> 64) as u64, k as u64);
         let mut i = slot_index(hash6(k, gen.seed.load(Relaxed)), nb);
         let mut left = nb;
         loop {
-            // SAFETY: as probe4.
-            let b = unsafe { &*base.add(i) };
-            let exp = b.exp0.load(Relaxed);
-            if exp == 0 {
-                return miss;
-            }
-            if b.lo0.load(Relaxed) == lo && b.hi0.load(Relaxed) == hi {
-                return hit(exp);
-            }
-            let exp = b.exp1.load(Relaxed);
-            if exp == 0 {
-                return miss;
-            }
-            if b.lo1.load(Relaxed) == lo && b.hi1.load(Relaxed) == hi {
-                return hit(exp);
+            // SAFETY: as find4.
+            let b = unsafe { &*self.base6(g).add(i) };
+            if let Some(exp) = scan6(b, k) {
+                return exp;
             }
             if left <= 1 || b.over.load(Relaxed) == 0 {
-                return miss;
+                return 0;
             }
             left -= 1;
             i = next_bucket(i, nb);
@@ -433,7 +451,7 @@ impl Table {
 
         let v4 = &e.v4[..e.v4.len().min(self.max_entries)];
         let v6 = &e.v6[..e.v6.len().min(self.max_entries)];
-        // The capacity is clamped here, once: readers trust the stored counts (probe4).
+        // The capacity is clamped here, once: readers trust the stored counts (find4).
         let nb4 = buckets4(v4.len()).min(self.max4);
         let nb6 = buckets6(v6.len()).min(self.max6);
         gen.seed.store(seed, Relaxed);
@@ -484,6 +502,43 @@ impl Table {
         let _ = self.map4.release(self.off4[g], nb4 * size_of::<Bucket4>());
         let _ = self.map6.release(self.off6[g], nb6 * size_of::<Bucket6>());
     }
+}
+
+/// One IPv4 bucket: `Some(expiry)` of `k`, `Some(0)` when the chain ends here without it
+/// (slots fill from the first, so an empty one means this bucket never overflowed; a full one
+/// not flagged neither), `None` when it is full and flagged: the chain goes on.
+#[inline(always)]
+fn scan4(b: &Bucket4, k: u32) -> Option<u64> {
+    for s in &b.0 {
+        let v = s.load(Relaxed);
+        if v == 0 {
+            return Some(0);
+        }
+        if v as u32 == k {
+            return Some(v >> 32);
+        }
+    }
+    if overflowed4(b) {
+        None
+    } else {
+        Some(0)
+    }
+}
+
+/// The same for an IPv6 bucket: `None` when the chain goes on past it.
+#[inline(always)]
+fn scan6(b: &Bucket6, k: u128) -> Option<u64> {
+    let (hi, lo) = ((k >> 64) as u64, k as u64);
+    for (h, l, e) in [(&b.hi0, &b.lo0, &b.exp0), (&b.hi1, &b.lo1, &b.exp1)] {
+        let exp = e.load(Relaxed);
+        if exp == 0 {
+            return Some(0);
+        }
+        if l.load(Relaxed) == lo && h.load(Relaxed) == hi {
+            return Some(exp);
+        }
+    }
+    None
 }
 
 /// Puts `k` (slot value `packed`) in the first free slot of its chain from bucket `i`, or keeps
