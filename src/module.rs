@@ -77,6 +77,11 @@ pub fn init() -> Result<(), String> {
     let table = Table::with_pages(max, settings.cfg.huge_pages).map_err(|e| {
         format!("parameter 'max_entries': cannot reserve shared memory for {max} entries: {e}")
     })?;
+    let (h4, h6) = table.huge();
+    if h4 || h6 {
+        let yes = |b: bool| if b { "in huge pages" } else { "in normal pages" };
+        log_info!("huge_pages: the feed table's IPv4 part is {}, its IPv6 part {}", yes(h4), yes(h6));
+    }
     for why in table.huge_refused() {
         log_warn!(
             "parameter 'huge_pages': no huge pages for {why}; using normal pages. Reserve them before the start \
