@@ -125,6 +125,8 @@ pub struct Table {
     max6: usize,
     off4: [usize; 2],
     off6: [usize; 2],
+    /// The address of each generation's first IPv4 bucket (map4 + off4), for the lookup.
+    first4: [usize; 2],
     /// Why huge pages were asked for and not used, per mapping.
     huge_refused: Vec<String>,
 }
@@ -221,7 +223,8 @@ impl Table {
         let map4 = map(len4, huge, "the IPv4 part", &mut huge_refused)?;
         let map6 = map(off, huge, "the IPv6 part", &mut huge_refused)?;
         // The mappings are zero-filled: both generations are empty, seq 0, current 0.
-        Ok(Table { map4, map6, max_entries, max4, max6, off4, off6, huge_refused })
+        let first4 = off4.map(|o| map4.as_ptr() as usize + o);
+        Ok(Table { map4, map6, max_entries, max4, max6, off4, off6, first4, huge_refused })
     }
 
     /// Bytes reserved (virtual) for the table.
@@ -247,8 +250,8 @@ impl Table {
     /// The first IPv4 bucket of generation `g` (0 or 1; `& 1` proves it to the compiler).
     #[inline(always)]
     fn base4(&self, g: usize) -> *const Bucket4 {
-        // SAFETY: off4[g] is inside the mapping (computed in new()), 64-aligned (page-aligned).
-        unsafe { self.map4.as_ptr().add(self.off4[g & 1]) as *const Bucket4 }
+        // first4[g] is map4 + off4[g], inside the mapping (new()), 64-aligned (page-aligned).
+        self.first4[g & 1] as *const Bucket4
     }
 
     #[inline(always)]
@@ -288,26 +291,41 @@ impl Table {
         }
     }
 
-    /// One pass of the seqlock over the home bucket inline, straight-line and without a call
-    /// (few registers, so a short frame); a raced pass or a chain past the home bucket (under
-    /// 1 % of lookups) starts again out of line. A miss's 0 is below any clock.
+    /// `contains` of an IPv4 address.
     #[inline(always)]
     pub fn contains4(&self, k: u32) -> bool {
+        match self.lookup4(k) {
+            Some(found) => found,
+            None => self.contains4_slow(k),
+        }
+    }
+
+    /// One pass of the seqlock over the home bucket, straight-line and without a call, so that
+    /// a caller can keep its common path a leaf (no frame): `None` when a publish raced it or
+    /// the chain goes on past the home bucket (under 1 % of lookups); then ask `contains`.
+    /// A miss's 0 is below any clock.
+    #[inline(always)]
+    pub fn lookup4(&self, k: u32) -> Option<bool> {
         let h = self.hdr();
         let g = (h.current.load(Acquire) & 1) as usize;
         let gen = &h.gens[g];
         let s1 = gen.seq.load(Acquire);
-        if s1 & 1 == 0 {
-            let nb = gen.nb4.load(Relaxed) as usize;
-            let i = slot_index(hash4(k, gen.seed.load(Relaxed)), nb);
-            // SAFETY: i < max(nb, 1) <= max4 (find4), so the bucket is inside the reservation.
-            let exp = scan4(unsafe { &*self.base4(g).add(i) }, k);
-            fence(Acquire);
-            if let (Some(exp), true) = (exp, gen.seq.load(Relaxed) == s1) {
-                return exp > h.now.load(Relaxed);
-            }
+        if s1 & 1 != 0 {
+            return None;
         }
-        self.contains4_slow(k)
+        let nb = gen.nb4.load(Relaxed) as usize;
+        let i = slot_index(hash4(k, gen.seed.load(Relaxed)), nb);
+        // SAFETY: i < max(nb, 1) <= max4 (find4), so the bucket is inside the reservation.
+        let exp = scan4(unsafe { &*self.base4(g).add(i) }, k);
+        fence(Acquire);
+        if gen.seq.load(Relaxed) != s1 {
+            return None;
+        }
+        // The clock only for a hit.
+        match exp? {
+            0 => Some(false),
+            e => Some(e > h.now.load(Relaxed)),
+        }
     }
 
     #[cold]
