@@ -221,13 +221,7 @@ impl Module {
             return self.check4(k);
         }
         self.stats.get().mine().checks.fetch_add(1, Relaxed);
-        if self.table.contains(key) {
-            self.listed(key)
-        } else if self.table.companion() != 0 {
-            self.banned(key)
-        } else {
-            APIBAN_NOT_LISTED
-        }
+        self.verdict(self.table.contains(key), || self.listed(key), || self.banned(key))
     }
 
     /// `check` of an IPv4 address. Every call is in tail position, so the common path (a miss,
@@ -237,9 +231,7 @@ impl Module {
     pub fn check4(&self, k: u32) -> i32 {
         self.stats.get().mine().checks.fetch_add(1, Relaxed);
         match self.table.lookup4(k) {
-            Some(true) => self.listed4(k),
-            Some(false) if self.table.companion() != 0 => self.banned4(k),
-            Some(false) => APIBAN_NOT_LISTED,
+            Some(found) => self.verdict4(found, k),
             None => self.check4_slow(k),
         }
     }
@@ -248,10 +240,21 @@ impl Module {
     #[cold]
     #[inline(never)]
     fn check4_slow(&self, k: u32) -> i32 {
-        if self.table.contains4(k) {
-            self.listed4(k)
+        self.verdict4(self.table.contains4(k), k)
+    }
+
+    #[inline(always)]
+    fn verdict4(&self, found: bool, k: u32) -> i32 {
+        self.verdict(found, || self.listed4(k), || self.banned4(k))
+    }
+
+    /// Found by the feed's table: `listed`; else local bans, only when there are some.
+    #[inline(always)]
+    fn verdict(&self, found: bool, listed: impl FnOnce() -> i32, banned: impl FnOnce() -> i32) -> i32 {
+        if found {
+            listed()
         } else if self.table.companion() != 0 {
-            self.banned4(k)
+            banned()
         } else {
             APIBAN_NOT_LISTED
         }

@@ -378,7 +378,7 @@ def main():
                         if p[kind] > cold_worst[0]:
                             cold_worst = (p[kind], f"IPv{fam[1]} {size_n(n)} {kind.split('_')[1]}")
                 no_huge = "no huge pages" if huge_ok.get((fam, n)) is False else "–"
-                sec1.append(f"| IPv{fam[1]} {size_n(n)} ({p.get('table_bytes', 0) / 1e6:.2g} MB) | {ns(e('hot_hit'))} | "
+                sec1.append(f"| IPv{fam[1]} {size_n(n)} ({p.get('table_bytes', 0) / 1e6:.3g} MB) | {ns(e('hot_hit'))} | "
                             f"{ns(e('hot_miss'))} | {ns(e('chase_hot'))} | "
                             f"{ns(e('hot_hit_huge')) if e('hot_hit_huge') else no_huge} | "
                             f"{ns(e('hot_miss_huge')) if e('hot_miss_huge') else no_huge} | {ns(e('hot_hit_tput'))} | "
