@@ -17,6 +17,11 @@
 //! `*_tput` figures are independent lookups back to back, which the CPU overlaps: a throughput,
 //! for reference. One criterion iteration is one lookup (or one step).
 //!
+//! - `hot_hit_huge` / `hot_miss_huge`: the hot lookups again on the same table in huge pages
+//!   (`Table::with_pages(n, true)`, what the `huge_pages` parameter asks for). Run as root, the
+//!   bench reserves the huge pages it needs (`vm.nr_hugepages`) and restores the old count at the
+//!   end; otherwise, or when the kernel refuses, it says so and leaves these out.
+//!
 //! `APIBAN_BENCH_TINY=1`: 1 k entries only, short measurements (CI keeps this working).
 //! Results: criterion's `estimates.json` under `$CRITERION_HOME`, and one JSON line per table
 //! (`lookup_paired`: the cold/chase and hot/hot-chase ratios measured in alternation) on stdout or
@@ -88,13 +93,14 @@ impl Family {
             }
         }
     }
-    /// Bytes of slots the table's published generation spans for `n` entries (load factor 1/2).
+    /// Bytes of buckets the table's published generation spans for `n` entries (src/table.rs:
+    /// 64-byte buckets, IPv4 3 entries per bucket, IPv6 2 buckets per 5 entries).
     fn table_bytes(self, n: usize) -> usize {
-        let cap = (2 * n).max(16);
-        match self {
-            Family::V4 => cap * 8,
-            Family::V6 => cap * 24,
-        }
+        let buckets = match self {
+            Family::V4 => n.div_ceil(3),
+            Family::V6 => (n * 5).div_ceil(2),
+        };
+        buckets.max(4) * 64
     }
 }
 
@@ -104,7 +110,7 @@ struct Fixture {
     unlisted: Vec<Key>,
 }
 
-fn fixture(fam: Family, n: usize) -> Fixture {
+fn fixture(fam: Family, n: usize, huge: bool) -> Fixture {
     let mut r = Rng(0x0a91_ba11 ^ n as u64 ^ (fam as u64) << 40);
     let mut set = HashSet::with_capacity(n);
     while set.len() < n {
@@ -119,7 +125,7 @@ fn fixture(fam: Family, n: usize) -> Fixture {
             unlisted.push(k);
         }
     }
-    let table = Table::new(n).expect("reserve the table");
+    let table = Table::with_pages(n, huge).expect("reserve the table");
     table.set_now(NOW);
     let (mut v4, mut v6) = (Vec::new(), Vec::new());
     for &k in &listed {
@@ -295,6 +301,50 @@ fn paired(f: &Fixture, hot_hit: &[Key], w: &Walk, fam: Family, n: usize, out: &m
     .unwrap();
 }
 
+/// `vm.nr_hugepages` raised for the bench (as root) and put back when dropped.
+struct HugeReserve {
+    old: Option<u64>,
+}
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+impl HugeReserve {
+    /// Enough free huge pages for the largest table, both parts (its reservation, 2 MB pages).
+    fn new(max_n: usize) -> HugeReserve {
+        let need = (Table::with_pages(max_n, false).map(|t| t.reserved_bytes()).unwrap_or(0) >> 21) as u64 + 4;
+        let read = || std::fs::read_to_string(NR_HUGEPAGES).ok().and_then(|s| s.trim().parse::<u64>().ok());
+        let free = || {
+            std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+                m.lines().find(|l| l.starts_with("HugePages_Free:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+        };
+        let Some(old) = read() else {
+            eprintln!("huge pages: cannot read {NR_HUGEPAGES}; the huge-page lookups are left out");
+            return HugeReserve { old: None };
+        };
+        if free().unwrap_or(0) >= need {
+            return HugeReserve { old: None };
+        }
+        if std::fs::write(NR_HUGEPAGES, (old + need).to_string()).is_err() {
+            eprintln!("huge pages: {need} needed, cannot raise {NR_HUGEPAGES} (not root?); the huge-page lookups are left out");
+            return HugeReserve { old: None };
+        }
+        let got = free().unwrap_or(0);
+        if got < need {
+            eprintln!("huge pages: the kernel reserved {got} of {need} (memory too fragmented); tables that do not fit are left out");
+        }
+        HugeReserve { old: Some(old) }
+    }
+}
+
+impl Drop for HugeReserve {
+    fn drop(&mut self) {
+        if let Some(old) = self.old {
+            let _ = std::fs::write(NR_HUGEPAGES, old.to_string());
+        }
+    }
+}
+
 fn bench(c: &mut Criterion, out: &mut dyn Write) {
     let (warm, meas, samples) =
         if tiny() { (Duration::from_millis(50), Duration::from_millis(150), 10) } else { (Duration::from_millis(300), Duration::from_millis(1000), 25) };
@@ -309,9 +359,10 @@ fn bench(c: &mut Criterion, out: &mut dyn Write) {
         g.finish();
     }
 
+    let _reserve = HugeReserve::new(sizes().into_iter().max().unwrap_or(0));
     for n in sizes() {
         for fam in [Family::V4, Family::V6] {
-            let f = fixture(fam, n);
+            let f = fixture(fam, n, false);
             let hot_hit: Vec<Key> = f.listed.iter().take(HOT_SET).copied().collect();
             let hot_miss: Vec<Key> = f.unlisted.iter().take(HOT_SET).copied().collect();
             let w = walk(fam.table_bytes(n), HOT_SET, &mut r);
@@ -326,6 +377,22 @@ fn bench(c: &mut Criterion, out: &mut dyn Write) {
             g.bench_function("cold_hit_tput", |b| b.iter_custom(|it| throughput(&f.table, &f.listed, it, true)));
             g.bench_function("chase", |b| b.iter_custom(|it| chase(&w, it)));
             g.bench_function("chase_hot", |b| b.iter_custom(|it| chase_hot(&w, it)));
+            // The same keys in the same table layout, in huge pages (the fixture's Rng is seeded
+            // by size and family alone).
+            let fh = fixture(fam, n, true);
+            let (h4, h6) = fh.table.huge();
+            let huge = match fam {
+                Family::V4 => h4,
+                Family::V6 => h6,
+            };
+            if huge {
+                g.bench_function("hot_hit_huge", |b| b.iter_custom(|it| latency(&fh.table, &hot_hit, it, true)));
+                g.bench_function("hot_miss_huge", |b| b.iter_custom(|it| latency(&fh.table, &hot_miss, it, false)));
+            } else {
+                eprintln!("lookup_{}_{n}: no huge pages ({}): hot_*_huge left out", fam.name(), fh.table.huge_refused().join("; "));
+            }
+            writeln!(out, "{{\"bench\":\"lookup_huge\",\"family\":\"{}\",\"n\":{n},\"huge\":{huge}}}", fam.name()).unwrap();
+            drop(fh);
             g.finish();
             paired(&f, &hot_hit, &w, fam, n, out);
         }

@@ -120,7 +120,7 @@ struct apiban_verdict {
 	X(timeout) X(rate_limit) X(snapshot_file) X(ttl) X(full_resync) X(allow) X(allow_file) \
 	X(ca_file) X(proxy) \
 	X(redis_url) X(redis_prefix) X(node_id) X(leader_ttl) X(fleet_fallback) \
-	X(max_bans) X(ban_ttl) X(ban_max_ttl)
+	X(max_bans) X(ban_ttl) X(ban_max_ttl) X(huge_pages)
 
 /* ---- host -> core ---------------------------------------------------------------------- */
 

@@ -55,6 +55,8 @@ pub struct Config {
     pub ban_ttl: u64,
     /// The longest ttl a local ban may have.
     pub ban_max_ttl: u64,
+    /// The tables in huge pages (`MAP_HUGETLB`) when the operator reserved them.
+    pub huge_pages: bool,
 }
 
 /// The parameters after mod_init's checks: the key resolved, the allow-list complete.
@@ -91,6 +93,7 @@ impl Default for Config {
             max_bans: 10_000,
             ban_ttl: 3600,
             ban_max_ttl: 7 * 86400,
+            huge_pages: false,
         }
     }
 }
@@ -98,7 +101,7 @@ impl Default for Config {
 /// Upper bound of max_bans: the ban records alone reserve 384 bytes each.
 const MAX_BANS_CAP: usize = 1_000_000;
 
-/// Upper bound of max_entries whatever the memory: 128 bytes of reservation per entry.
+/// Upper bound of max_entries whatever the memory: 363 bytes of reservation per entry.
 const MAX_ENTRIES_CAP: usize = 100_000_000;
 
 fn err(name: &str, what: String) -> String {
@@ -259,6 +262,13 @@ impl Config {
             }
             "ban_ttl" => self.ban_ttl = seconds(name, v, 1, 365 * 86400)?,
             "ban_max_ttl" => self.ban_max_ttl = seconds(name, v, 1, 365 * 86400)?,
+            "huge_pages" => {
+                self.huge_pages = match v {
+                    "0" => false,
+                    "1" => true,
+                    _ => return Err(err(name, format!("'{v}' is not 0 (off) or 1 (on)"))),
+                }
+            }
             _ => return Err(format!("unknown parameter '{name}'")),
         }
         Ok(())
@@ -284,8 +294,9 @@ impl Config {
             return Err(err("apikey", "no API key: set apikey or apikey_file (keys are free at apiban.org)".into()));
         }
         if let Some(mem) = phys_mem {
-            // Worst case both generations of both families full: 2 × 2 slots × (8 + 24) bytes.
-            let need = self.max_entries as u64 * 128;
+            // Worst case both generations of both families full: 2 × (64 / 3 + 160) bytes
+            // (src/table.rs: IPv4 3 entries per 64-byte bucket, IPv6 2 buckets per 5 entries).
+            let need = self.max_entries as u64 * 363;
             if need > mem {
                 return Err(err(
                     "max_entries",
@@ -410,6 +421,7 @@ mod tests {
         assert_eq!(c.url, "http://127.0.0.1:8080");
         assert_eq!((c.api_version, c.interval, c.ttl, c.max_entries, c.rate_limit), (1, 1, 604800, 5000, RateLimit { max: 100, window_secs: 1 }));
         assert_eq!(c.allow.len(), 2);
+        assert!(!c.huge_pages && set(&[("huge_pages", "1")]).unwrap().huge_pages);
         let s = c.finish(None).unwrap();
         assert_eq!(s.key, "abc123");
     }
@@ -433,6 +445,8 @@ mod tests {
             ("rate_limit", "11"),
             ("rate_limit", "0/120"),
             ("allow", "10.0.0.0/33"),
+            ("huge_pages", "yes"),
+            ("huge_pages", "2"),
             ("allow", "example.com"),
             ("allow", "::ffff:0:0/90"),
             ("apikey", ""),

@@ -3,6 +3,10 @@
 //! `MODULE` is set once in the main process by mod_init, before the fork; each child gets a copy
 //! of this Rust value whose `table` and `stats` point into the same shared mappings. Nothing in
 //! it changes after the fork except through those mappings.
+//!
+//! It is a plain pointer rather than a `OnceLock`: a lookup reads it with one load (no test of
+//! the lock's state word beside it), and it is stored once, before any other process or thread
+//! exists that could read it.
 
 use crate::addr::{self, Key};
 use crate::allow::AllowList;
@@ -15,8 +19,8 @@ use crate::log::{log_info, log_warn};
 use crate::snapshot::{self, Snapshot};
 use crate::stats::{num, text, Stats};
 use crate::table::Table;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::sync::Mutex;
 
 pub struct Module {
     pub settings: Settings,
@@ -40,12 +44,16 @@ pub struct Module {
     pub node: String,
 }
 
-static MODULE: OnceLock<Module> = OnceLock::new();
+/// Null until mod_init succeeds, then the leaked `Module`, never freed nor changed again.
+static MODULE: AtomicPtr<Module> = AtomicPtr::new(std::ptr::null_mut());
 /// Parameters as modparam lines set them, before mod_init; main process only.
 static PARAMS: Mutex<Option<Config>> = Mutex::new(None);
 
+#[inline(always)]
 pub fn get() -> Option<&'static Module> {
-    MODULE.get()
+    // SAFETY: the pointer is null or comes from Box::leak in init(), which publishes it with
+    // Release after the Module is complete; it is never freed, so the reference is 'static.
+    unsafe { MODULE.load(Acquire).as_ref() }
 }
 
 pub fn set_param(name: &str, value: &str) -> Result<(), String> {
@@ -56,7 +64,7 @@ pub fn set_param(name: &str, value: &str) -> Result<(), String> {
 
 /// mod_init: check the parameters, make the shared table, load the snapshot.
 pub fn init() -> Result<(), String> {
-    if MODULE.get().is_some() {
+    if get().is_some() {
         return Ok(());
     }
     let cfg = PARAMS.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
@@ -66,9 +74,20 @@ pub fn init() -> Result<(), String> {
     set_secret(Secret::ProxyPassword, settings.cfg.proxy.as_ref().and_then(|p| p.password()).unwrap_or(""));
     set_secret(Secret::RedisPassword, settings.cfg.redis_url.as_ref().and_then(|t| t.password.as_deref()).unwrap_or(""));
     let max = settings.cfg.max_entries;
-    let table = Table::new(max).map_err(|e| {
+    let table = Table::with_pages(max, settings.cfg.huge_pages).map_err(|e| {
         format!("parameter 'max_entries': cannot reserve shared memory for {max} entries: {e}")
     })?;
+    let (h4, h6) = table.huge();
+    if h4 || h6 {
+        let yes = |b: bool| if b { "in huge pages" } else { "in normal pages" };
+        log_info!("huge_pages: the feed table's IPv4 part is {}, its IPv6 part {}", yes(h4), yes(h6));
+    }
+    for why in table.huge_refused() {
+        log_warn!(
+            "parameter 'huge_pages': no huge pages for {why}; using normal pages. Reserve them before the start \
+             with sysctl vm.nr_hugepages (HugePages_Free in /proc/meminfo says how many are free)"
+        );
+    }
     let stats = Stats::new().map_err(|e| format!("cannot create the shared statistics: {e}"))?;
     let now = unix_now();
     table.set_now(now);
@@ -114,6 +133,8 @@ pub fn init() -> Result<(), String> {
     let reserve = |what: &str, r: std::io::Result<Table>| {
         r.map_err(|e| format!("parameter 'max_bans': cannot reserve shared memory for {max_bans} {what}: {e}"))
     };
+    // The bans tables stay in normal pages whatever `huge_pages`: lookups probe them only while
+    // local bans exist, and each would hold at least two huge pages for a few hundred KB.
     let bans = reserve("bans", Table::new(max_bans))?;
     let exempt = reserve("exemptions", Table::new(max_bans))?;
     let board = Board::new(max_bans).map_err(|e| format!("parameter 'max_bans': cannot reserve shared memory for {max_bans} ban records: {e}"))?;
@@ -135,7 +156,7 @@ pub fn init() -> Result<(), String> {
     );
     // The role until the refresher knows better: a fleet node starts by following.
     text!(stats.get(), role).put(if settings.cfg.redis_url.is_some() { "follower" } else { "standalone" });
-    let _ = MODULE.set(Module {
+    let m = Box::new(Module {
         settings,
         table,
         stats,
@@ -148,6 +169,9 @@ pub fn init() -> Result<(), String> {
         initial_bans: Mutex::new(initial_bans),
         node,
     });
+    // mod_init runs once, in the main process, before any fork: nothing reads MODULE yet. A
+    // second init (a host calling it twice) keeps the first Module.
+    let _ = MODULE.compare_exchange(std::ptr::null_mut(), Box::leak(m), Release, Relaxed);
     Ok(())
 }
 
@@ -193,19 +217,67 @@ impl Module {
     /// bans cost one load while there are none.
     #[inline(always)]
     pub fn check(&self, key: Key) -> i32 {
+        if let Key::V4(k) = key {
+            return self.check4(k);
+        }
         self.stats.get().mine().checks.fetch_add(1, Relaxed);
-        if self.table.contains(key) {
-            self.listed(key)
+        self.verdict(self.table.contains(key), || self.listed(key), || self.banned(key))
+    }
+
+    /// `check` of an IPv4 address. Every call is in tail position, so the common path (a miss,
+    /// no local bans) is a leaf: no frame, no register saved; the key is built only on the
+    /// paths that call out.
+    #[inline(always)]
+    pub fn check4(&self, k: u32) -> i32 {
+        self.stats.get().mine().checks.fetch_add(1, Relaxed);
+        match self.table.lookup4(k) {
+            Some(found) => self.verdict4(found, k),
+            None => self.check4_slow(k),
+        }
+    }
+
+    /// A raced lookup or a chain past the home bucket.
+    #[cold]
+    #[inline(never)]
+    fn check4_slow(&self, k: u32) -> i32 {
+        self.verdict4(self.table.contains4(k), k)
+    }
+
+    #[inline(always)]
+    fn verdict4(&self, found: bool, k: u32) -> i32 {
+        self.verdict(found, || self.listed4(k), || self.banned4(k))
+    }
+
+    /// Found by the feed's table: `listed`; else local bans, only when there are some.
+    #[inline(always)]
+    fn verdict(&self, found: bool, listed: impl FnOnce() -> i32, banned: impl FnOnce() -> i32) -> i32 {
+        if found {
+            listed()
         } else if self.table.companion() != 0 {
-            self.banned(key)
+            banned()
         } else {
             APIBAN_NOT_LISTED
         }
     }
 
+    #[inline(never)]
+    fn listed4(&self, k: u32) -> i32 {
+        self.listed(Key::V4(k))
+    }
+
+    #[inline(never)]
+    fn banned4(&self, k: u32) -> i32 {
+        self.banned(Key::V4(k))
+    }
+
     /// A listed address: refused unless the allow list names it or an operator unbanned it.
+    /// Catches its own panics: the IPv4 entry point has no guard (ffi.rs).
     #[inline(never)]
     fn listed(&self, key: Key) -> i32 {
+        crate::ffi::guard("apiban_check", APIBAN_NOT_LISTED, || self.listed_unguarded(key))
+    }
+
+    fn listed_unguarded(&self, key: Key) -> i32 {
         let c = self.stats.get();
         if (!self.allow.is_empty() && self.allow.find(key).is_some()) || (!self.exempt.is_empty() && self.exempt.contains(key)) {
             c.mine().allowed.fetch_add(1, Relaxed);
@@ -215,9 +287,14 @@ impl Module {
         APIBAN_LISTED
     }
 
-    /// Not listed by the feed: banned locally? The allow list wins here too.
+    /// Not listed by the feed: banned locally? The allow list wins here too. Catches its own
+    /// panics, as `listed`.
     #[inline(never)]
     fn banned(&self, key: Key) -> i32 {
+        crate::ffi::guard("apiban_check", APIBAN_NOT_LISTED, || self.banned_unguarded(key))
+    }
+
+    fn banned_unguarded(&self, key: Key) -> i32 {
         if !self.bans.contains(key) {
             return APIBAN_NOT_LISTED;
         }

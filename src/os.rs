@@ -13,7 +13,11 @@ use std::ptr::NonNull;
 pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    huge: bool,
 }
+
+/// The size of a huge page as `MAP_HUGETLB` maps them without a size flag (x86-64's default).
+pub const HUGE_PAGE: usize = 2 << 20;
 
 // SAFETY: the mapping is plain memory; every access to its contents goes through atomics.
 unsafe impl Send for Mapping {}
@@ -21,21 +25,39 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     pub fn new(len: usize) -> io::Result<Mapping> {
+        Mapping::map(len, libc::MAP_NORESERVE, false)
+    }
+
+    /// The same in huge pages (`MAP_HUGETLB`), `len` rounded up to 2 MB: one TLB entry covers
+    /// 2 MB instead of 4 KB. The pages come from the pool the operator reserved
+    /// (`vm.nr_hugepages`), and all of `len` is reserved from it now (no `MAP_NORESERVE`, which
+    /// for hugetlb would defer the shortage to a SIGBUS at the first touch): too few free huge
+    /// pages is an error here (ENOMEM), which the caller answers with `new`.
+    pub fn new_huge(len: usize) -> io::Result<Mapping> {
+        Mapping::map(len.next_multiple_of(HUGE_PAGE), libc::MAP_HUGETLB, true)
+    }
+
+    fn map(len: usize, flags: libc::c_int, huge: bool) -> io::Result<Mapping> {
         // SAFETY: an anonymous mapping with no address hint; the result is checked.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS | flags,
                 -1,
                 0,
             )
         };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+        match NonNull::new(p.cast::<u8>()) {
+            Some(ptr) if p != libc::MAP_FAILED => Ok(Mapping { ptr, len, huge }),
+            _ => Err(io::Error::last_os_error()),
         }
-        Ok(Mapping { ptr: NonNull::new(p.cast()).expect("mmap returned null"), len })
+    }
+
+    /// Whether this mapping is in huge pages.
+    pub fn is_huge(&self) -> bool {
+        self.huge
     }
 
     pub fn as_ptr(&self) -> *mut u8 {
@@ -49,7 +71,15 @@ impl Mapping {
     /// Gives the pages of `[off, off + len)` back to the kernel; they read as zeros afterwards
     /// (in every process: the mapping is shared memory, so MADV_REMOVE frees its backing rather
     /// than this process's view of it). `off` is page-aligned; `len` is rounded up to pages.
+    ///
+    /// Not in huge pages: punching a hole in a hugetlb mapping also gives its reservation back
+    /// to the pool, so the next publish would fault pages that another program may have taken
+    /// meanwhile, and a hugetlb fault without a page is a SIGBUS in the refresher. The pages
+    /// stay (they are the operator's dedicated pool anyway, reserved whole at start).
     pub fn release(&self, off: usize, len: usize) -> io::Result<()> {
+        if self.huge {
+            return Err(io::ErrorKind::Unsupported.into());
+        }
         let len = ((len + 4095) & !4095).min(self.len.saturating_sub(off));
         if len == 0 {
             return Ok(());

@@ -23,6 +23,7 @@ ROWS = [
     ("allow", '"example.com"', r"parameter 'allow': 'example\.com' is not an address or CIDR range", []),
     ("allow", '"2001:db8::/129"', r"parameter 'allow': '2001:db8::/129' is not an address or CIDR range", []),
     ("max_entries", "0", r"parameter 'max_entries': must be at least 1", []),
+    ("huge_pages", '"yes"', r"parameter 'huge_pages': 'yes' is not 0 \(off\) or 1 \(on\)", []),
     ("max_entries", '"lots"', r"parameter 'max_entries': 'lots' is not a number of entries", []),
     ("max_entries", '"1000000000000"', r"parameter 'max_entries': 1000000000000 is beyond the limit of 100000000", []),
     ("api_version", "3", r"parameter 'api_version': '3' is not a supported API version \(1 or 2\)", []),

@@ -294,3 +294,83 @@ class AllowList:
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
+
+
+def huge_pages_free():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("HugePages_Free:"):
+                return int(line.split()[1])
+    return 0
+
+
+class NrHugepages:
+    """vm.nr_hugepages set for a test (as root) and restored after it, whatever happens."""
+
+    PATH = "/proc/sys/vm/nr_hugepages"
+
+    def __init__(self, test):
+        with open(self.PATH) as f:
+            self.old = int(f.read())
+        test.addCleanup(self.set, self.old)
+
+    def set(self, n):
+        with open(self.PATH, "w") as f:
+            f.write(str(n))
+        with open(self.PATH) as f:
+            return int(f.read())
+
+
+@for_each_server
+class HugePages:
+    """`huge_pages` 1: the feed's table in huge pages when the operator reserved them; without
+    them a WARNING naming the parameter and vm.nr_hugepages, normal pages, and a start all the
+    same."""
+
+    def setUp(self):
+        self.tmp = TempDir(f"huge-{self.kind}")
+        self.addCleanup(self.tmp.cleanup)
+        self.feed = FakeApiban(key=KEY, ips=LISTED, count=300).start()
+        self.addCleanup(self.feed.stop)
+
+    def server(self, **kw):
+        s = make(self.kind, self.tmp.path, self.feed.url, key=KEY, **kw)
+        self.addCleanup(lambda: self.assertEqual(s.stop(), [], "processes left behind"))
+        return s.start()
+
+    def blocks(self, s):
+        s.wait_synced(entries=300 + len(LISTED))
+        self.assertEqual(s.options("127.0.0.66"), 403)
+        self.assertEqual(s.options(CLEAN), 200)
+
+    def test_without_huge_pages_reserved_it_warns_and_starts(self):
+        if huge_pages_free() > 0:
+            if os.geteuid() != 0:
+                self.skipTest("huge pages are reserved on this machine and only root can take them away")
+            NrHugepages(self).set(0)
+        s = self.server(modparams=[("huge_pages", "1")])
+        self.blocks(s)
+        warned = [l for l in s.log().splitlines() if "parameter 'huge_pages': no huge pages for the IPv4 part" in l]
+        self.assertTrue(warned, s.log()[-3000:])
+        self.assertIn("WARN", warned[0])
+        self.assertIn("vm.nr_hugepages", warned[0])
+        self.assertIn("using normal pages", warned[0])
+
+    def test_with_huge_pages_reserved_the_table_is_in_them(self):
+        if os.geteuid() != 0:
+            self.skipTest("reserving huge pages (vm.nr_hugepages) takes root")
+        # max_entries 10000: 1 huge page for the IPv4 part, 2 for the IPv6 part.
+        nr = NrHugepages(self)
+        got = nr.set(nr.old + 8)
+        if got < nr.old + 3 or huge_pages_free() < 3:
+            self.skipTest(f"the kernel reserved {got - nr.old} of 8 huge pages asked for (memory too fragmented)")
+        free = huge_pages_free()
+        s = self.server(modparams=[("huge_pages", "1"), ("max_entries", '"10000"')])
+        self.blocks(s)
+        self.assertNotIn("parameter 'huge_pages'", s.log())
+        with open(f"/proc/{s.proc.pid}/smaps") as f:
+            smaps = f.read()
+        self.assertIn("anon_hugepage", smaps)
+        # The IPv4 part was written by the sync (the IPv6 part too: one address), so its pages
+        # left the pool.
+        self.assertLess(huge_pages_free(), free)
