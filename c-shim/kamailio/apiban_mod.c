@@ -265,16 +265,16 @@ static int apiban_kam_ban(sip_msg_t *msg, char *p1, char *p2, char *p3)
 	str ip, reason = STR_NULL;
 	int ttl = -1, rc;
 
+	if(p2 != NULL && fixup_get_ivalue(msg, (gparam_t *)p2, &ttl) < 0)
+		return APIBAN_BAD_TTL;
+	if(p3 != NULL && fixup_get_svalue(msg, (gparam_t *)p3, &reason) < 0)
+		return APIBAN_BAD_REASON;
+	/* The ip last: a variable's value may sit in a getter's or a transformation's static buffer,
+	 * which formatting the reason could reuse; the reason is a copy in the core's ring of print
+	 * buffers, which reading the ip leaves alone. */
 	if(apiban_kam_ip_text(msg, (apiban_kam_ip_t *)p1, &ip, &val) < 0)
 		return APIBAN_BAD_ADDRESS;
-	rc = APIBAN_BAD_TTL;
-	if(p2 != NULL && fixup_get_ivalue(msg, (gparam_t *)p2, &ttl) < 0)
-		goto done;
-	rc = APIBAN_BAD_REASON;
-	if(p3 != NULL && fixup_get_svalue(msg, (gparam_t *)p3, &reason) < 0)
-		goto done;
 	rc = apiban_ban(ip.s, (size_t)ip.len, ttl, reason.s, (size_t)reason.len);
-done:
 	apiban_kam_ip_done(&val);
 	return rc;
 }
