@@ -49,7 +49,7 @@ pub mod bench_api {
 #[cfg(feature = "fuzz")]
 #[doc(hidden)]
 pub mod fuzz_api {
-    pub use crate::addr::parse_text;
+    pub use crate::addr::{parse_text, parse_text_reference};
     pub use crate::feed::{parse_reply, START_ID};
     pub use crate::snapshot::{decode as decode_snapshot, encode as encode_snapshot, seal as seal_snapshot};
 }

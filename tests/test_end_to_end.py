@@ -12,7 +12,7 @@ import re
 import unittest
 
 import bad_parameters
-from harness import STAT_NUMBERS, STAT_TEXTS, FakeApiban, TempDir, wait_until, write_text
+from harness import STAT_NUMBERS, STAT_TEXTS, FakeApiban, TempDir, sip_exchange, wait_until, write_text
 from servers import kinds, make
 
 LISTED = ["127.0.0.66", "127.0.0.67", "2001:db8::66"]
@@ -29,6 +29,35 @@ def for_each_server(behaviour):
     return behaviour
 
 
+# First in the main route: with an X-Form header, the address in X-Real-IP goes through a
+# variable ("var": apiban_check("$var(ip)"), and apiban_ban/apiban_unban the same way) or the
+# header itself ("hdr"), and the reply tells the result; -2 (not an address) is a branch of its
+# own. Without the header, $var(ip) is null (OpenSIPS) or 0 (Kamailio: a $var is never null),
+# and $hdr(X-Real-IP) null.
+ADDRESS_FORMS = """
+	if ($hdr(X-Form) != NULL_) {
+		$var(ip) = $hdr(X-Real-IP);
+		if ($hdr(X-Form) == "var") {
+			apiban_check("$var(ip)");
+		} else if ($hdr(X-Form) == "hdr") {
+			apiban_check("$hdr(X-Real-IP)");
+		} else if ($hdr(X-Form) == "ban") {
+			apiban_ban("$var(ip)", 600, "e2e");
+		} else {
+			apiban_unban("$var(ip)");
+		}
+		$var(rc) = $rc;
+		if ($var(rc) == -2) {
+			sl_send_reply(400, "Bad address");
+			exit;
+		}
+		sl_send_reply(200, "rc=$var(rc)");
+		exit;
+	}
+"""
+ADDRESS_FORMS_HOOK = {"kamailio": ADDRESS_FORMS.replace("NULL_", "$null"), "opensips": ADDRESS_FORMS.replace("NULL_", "NULL")}
+
+
 @for_each_server
 class EndToEnd:
     """One server and one feed of several thousand addresses for the whole class."""
@@ -39,7 +68,7 @@ class EndToEnd:
         cls.addClassCleanup(cls.tmp.cleanup)
         cls.feed = FakeApiban(key=KEY, ips=LISTED, count=5000).start()
         cls.addClassCleanup(cls.feed.stop)
-        cls.server = make(cls.kind, cls.tmp.path, cls.feed.url, key=KEY)
+        cls.server = make(cls.kind, cls.tmp.path, cls.feed.url, key=KEY, route_hook=ADDRESS_FORMS_HOOK[cls.kind])
         cls.addClassCleanup(cls.stop_server)
         cls.total = 5000 + len(LISTED)
         cls.server.start()
@@ -89,6 +118,30 @@ class EndToEnd:
         self.assertEqual(self.server.options(CLEAN, ["X-Real-IP: not-an-address"]), 200)
         wait_until(lambda: "'not-an-address' is not an IP address" in self.server.log(), timeout=5,
                    what="the bad-address log line")
+
+    # Named to run after test_an_unparsable_address_is_false_and_logged: a process logs one bad
+    # address per 10 s, and these send some.
+    def test_variables_and_headers_carry_an_address(self):
+        # One variable alone is read as it is (Kamailio's shim: pv_get_spec_value, no formatting).
+        for form in ("var", "hdr"):
+            def ask(*headers):
+                return sip_exchange(CLEAN, self.server.port, [f"X-Form: {form}", *headers])
+            self.assertEqual(ask("X-Real-IP: 127.0.0.67"), (200, "rc=1"), form)
+            self.assertEqual(ask("X-Real-IP: 2001:db8::66"), (200, "rc=1"), form)
+            self.assertEqual(ask("X-Real-IP: 127.0.0.68"), (200, "rc=-1"), form)
+            self.assertEqual(ask("X-Real-IP: not-an-address"), (400, "Bad address"), form)
+            self.assertEqual(ask(), (400, "Bad address"), f"{form}, unset")
+
+    def test_variables_carry_a_ban_and_an_unban(self):
+        ip = "127.0.0.30"
+
+        def ask(form, value):
+            return sip_exchange(CLEAN, self.server.port, [f"X-Form: {form}", f"X-Real-IP: {value}"])
+        self.assertEqual(ask("ban", ip), (200, "rc=1"))
+        wait_until(lambda: self.server.options(ip) == 403, timeout=5, what="the ban in force")
+        self.assertEqual(ask("unban", ip), (200, "rc=1"))
+        wait_until(lambda: self.server.options(ip) == 200, timeout=5, what="the ban lifted")
+        self.assertEqual(ask("ban", "bogus"), (400, "Bad address"))
 
     def test_the_admin_check(self):
         self.assertEqual(self.server.admin_check("127.0.0.66"),

@@ -32,7 +32,8 @@ class ModuleFile(unittest.TestCase):
 
 
 # One check per spelling of the parameter, chosen by the request's X-Form header: "$si" and
-# "$src_ip" take the shim's raw-address path, the others are formatted by the core and parsed.
+# "$src_ip" take the shim's raw-address path, "$var(src)" (one variable) is read with
+# pv_get_spec_value, the others (text around a variable) are formatted by the core; then parsed.
 SPELLINGS_ROUTE = r"""
 request_route {
 	if ($hdr(X-Form) == "si" && apiban_check("$si")) { sl_send_reply("403", "Forbidden"); exit; }

@@ -355,7 +355,10 @@ class SipClient:
     """Sends OPTIONS from UDP sockets on 127.0.0.x and waits for each reply. With several sources
     (all unlisted, all of the same text length), requests go round-robin over them, so that a
     figure averages over where each address falls in the table (the table's hash seed changes at
-    every publish, and with it how many slots a miss probes)."""
+    every publish, and with it how many slots a miss probes). real_ip: each request also names its
+    source in an X-Real-IP header (the callgrind runs, for apiban_check("$hdr(X-Real-IP)"))."""
+
+    real_ip = False
 
     def __init__(self, port, sources=("127.0.0.1",)):
         self.port = port
@@ -377,7 +380,8 @@ class SipClient:
                 f"To: <sip:127.0.0.1:{self.port}>\r\n"
                 f"Call-ID: {cid}\r\n"
                 "CSeq: 1 OPTIONS\r\n"
-                "Content-Length: 0\r\n\r\n").encode()
+                + (f"X-Real-IP: {self.src}\r\n" if self.real_ip else "")
+                + "Content-Length: 0\r\n\r\n").encode()
 
     def send_wait(self, count, timeout=30):
         for _ in range(count):
@@ -472,6 +476,7 @@ def callgrind_run(args, name, check, n_module, n_htable, requests, warmup, feed_
                 kam.wait_synced(entries=n_module, timeout=600)
                 worker = next(pid for d, pid in ps(kam).items() if d.startswith("udp receiver child=0"))
                 client = SipClient(kam.port, sources=callgrind_sources(warmup + requests + 1))
+                client.real_ip = True
                 # One more at the end: once it is answered, the last measured request's dump is written.
                 client.send_wait(warmup + requests + 1)
                 client.close()
@@ -510,7 +515,8 @@ def part_callgrind(args, out):
     n = 1000 if args.tiny else 20000
     runs = {}
     plan = [("none", "NONE", n, n), ("floor", "FLOOR", n, n), ("htable", "HTABLE", n, n),
-            ("apiban0", "APIBAN0", n, n), ("apiban1", "APIBAN1", n, n), ("apiban1_text", "APIBAN1_TEXT", n, n)]
+            ("apiban0", "APIBAN0", n, n), ("apiban1", "APIBAN1", n, n), ("apiban1_text", "APIBAN1_TEXT", n, n),
+            ("apiban1_var", "APIBAN1_VAR", n, n), ("apiban1_hdr", "APIBAN1_HDR", n, n)]
     if not args.tiny:
         plan += [("apiban0_1k", "APIBAN0", 1000, n), ("apiban0_1M", "APIBAN0", 1_000_000, n)]
     if args.tiny:

@@ -22,6 +22,7 @@
 #include "core/dprint.h"
 #include "core/mod_fix.h"
 #include "core/pvar.h"
+#include "core/mem/mem.h"
 #include "core/rpc.h"
 #include "core/pt.h"
 #include "core/ip_addr.h"
@@ -112,81 +113,170 @@ static int apiban_kam_check_str(str *s)
 	return apiban_check_text(s->s, (size_t)s->len);
 }
 
+/* An address parameter (apiban_check, apiban_ban, apiban_unban) as its fixup leaves it: parsed
+ * by the core as text with variables (fixup_spve_null), and, when it is exactly one variable
+ * ($var(ip), $hdr(X-Real-IP), $(si{s.trim})...), that variable: read with pv_get_spec_value,
+ * its value is the text as it is, where fixup_get_svalue would format it with pv_printf into the
+ * core's buffer first (about 130 instructions more a call). Text, or text around variables,
+ * keeps the core's formatting. */
+typedef struct apiban_kam_ip
+{
+	gparam_t *fmt; /* owns what the core parsed */
+	pv_spec_t *pv; /* fmt's one variable, or NULL: format fmt */
+} apiban_kam_ip_t;
+
 /* apiban_check("$si") is how most configs spell the source check. Formatting the address as
  * text and parsing it back costs several hundred instructions; so the fixup recognises a
  * parameter that is exactly the source-address variable ($si or $src_ip, no transformation,
  * nothing around it) and leaves this marker in its place, and the call reads msg->rcv.src_ip
- * as apiban_check() does. Any other parameter is formatted by the core as usual. */
+ * as apiban_check() does. */
 static char apiban_kam_src_marker;
 
-static int apiban_kam_is_src_pv(fparam_t *fp)
+static int apiban_kam_is_src_pv(pv_spec_t *pv)
 {
 	str si = str_init("$si");
 	pv_spec_t spec;
-	pv_elem_t *e;
 
-	if(fp->type != FPARAM_PVE || (e = fp->v.pve) == NULL || e->next != NULL || e->text.len != 0
-			|| e->spec == NULL || e->spec->trans != NULL)
+	if(pv == NULL || pv->trans != NULL)
 		return 0;
 	memset(&spec, 0, sizeof(spec));
 	if(pv_parse_spec2(&si, &spec, 1) == NULL)
 		return 0;
-	return e->spec->getf == spec.getf && e->spec->type == spec.type;
+	return pv->getf == spec.getf && pv->type == spec.type;
+}
+
+/* src_raw: whether exactly $si may become the marker (apiban_check only: the others take text). */
+static int apiban_kam_fixup_ip(void **param, int src_raw)
+{
+	apiban_kam_ip_t *ip;
+	fparam_t *fp;
+	pv_elem_t *e;
+
+	if(fixup_spve_null(param, 1) < 0)
+		return -1;
+	fp = (fparam_t *)*param;
+	ip = pkg_malloc(sizeof(*ip));
+	if(ip == NULL) {
+		PKG_MEM_ERROR;
+		fixup_free_spve_null(param, 1);
+		return -1;
+	}
+	ip->fmt = fp;
+	ip->pv = NULL;
+	/* One element, no text before it, no next: the parameter is that variable alone. A
+	 * variable of type PVT_NONE is one pv_printf would skip: left to it. */
+	if(fp->type == FPARAM_PVE && (e = fp->v.pve) != NULL && e->next == NULL && e->text.len == 0
+			&& e->spec != NULL && e->spec->type != PVT_NONE)
+		ip->pv = e->spec;
+	if(src_raw && apiban_kam_is_src_pv(ip->pv)) {
+		pkg_free(ip);
+		fixup_free_spve_null(param, 1);
+		*param = &apiban_kam_src_marker;
+		return 0;
+	}
+	*param = ip;
+	return 0;
+}
+
+static int apiban_kam_free_ip(void **param)
+{
+	apiban_kam_ip_t *ip = (apiban_kam_ip_t *)*param;
+
+	if(*param == (void *)&apiban_kam_src_marker || ip == NULL)
+		return 0;
+	*param = ip->fmt;
+	pkg_free(ip);
+	return fixup_free_spve_null(param, 1);
+}
+
+/* The text of an address parameter into *s (0), or -1 when the core cannot format it. The same
+ * text the formatting gives: a variable that cannot be read is none, a null one "<null>" (the
+ * core's own spelling), an integer its digits; so the script sees the same results, and the
+ * same log line, as before. Release val with apiban_kam_ip_done once s is used. */
+static inline int apiban_kam_ip_text(sip_msg_t *msg, apiban_kam_ip_t *ip, str *s, pv_value_t *val)
+{
+	if(ip->pv == NULL) {
+		val->flags = 0;
+		return fixup_get_svalue(msg, ip->fmt, s);
+	}
+	if(pv_get_spec_value(msg, ip->pv, val) != 0) {
+		val->flags = 0;
+		s->s = "";
+		s->len = 0;
+		return 0;
+	}
+	*s = (val->flags & PV_VAL_NULL) ? *pv_get_null_str() : val->rs;
+	return 0;
+}
+
+/* A value some variables allocate for the caller (PV_VAL_PKG/SHM) is freed here. */
+static inline void apiban_kam_ip_done(pv_value_t *val)
+{
+	if(val->flags & (PV_VAL_PKG | PV_VAL_SHM))
+		pv_value_destroy(val);
 }
 
 static int fixup_apiban_check(void **param, int param_no)
 {
-	if(fixup_spve_null(param, param_no) < 0)
-		return -1;
-	if(param_no == 1 && apiban_kam_is_src_pv((fparam_t *)*param)) {
-		fixup_free_spve_null(param, param_no);
-		*param = &apiban_kam_src_marker;
-	}
-	return 0;
+	return apiban_kam_fixup_ip(param, 1);
 }
 
 static int fixup_free_apiban_check(void **param, int param_no)
 {
-	if(param_no == 1 && *param == &apiban_kam_src_marker)
-		return 0;
-	return fixup_free_spve_null(param, param_no);
+	return apiban_kam_free_ip(param);
 }
 
 static int w_apiban_check1(sip_msg_t *msg, char *p1, char *p2)
 {
+	pv_value_t val;
 	str ip;
+	int rc;
+
 	if(p1 == &apiban_kam_src_marker)
 		return apiban_kam_check_src(msg);
-	if(fixup_get_svalue(msg, (gparam_t *)p1, &ip) < 0)
+	if(apiban_kam_ip_text(msg, (apiban_kam_ip_t *)p1, &ip, &val) < 0)
 		return APIBAN_BAD_ADDRESS;
-	return apiban_kam_check_str(&ip);
+	rc = apiban_kam_check_str(&ip);
+	apiban_kam_ip_done(&val);
+	return rc;
 }
 
-/* apiban_ban(ip[, ttl[, reason]]): ip and reason are text with variables, ttl an int or a
- * variable; an absent ttl is -1 (the core's ban_ttl), an absent reason none. The core's result
- * as it is: 1 queued, -1 dropped, -2 bad address, -3 bad ttl, -4 bad reason (never 0). */
+/* apiban_ban(ip[, ttl[, reason]]): ip an address parameter as apiban_check's (but $si is
+ * read as text: the core takes text), reason text with variables, ttl an int or a variable; an
+ * absent ttl is -1 (the core's ban_ttl), an absent reason none. The core's result as it is: 1
+ * queued, -1 dropped, -2 bad address, -3 bad ttl, -4 bad reason (never 0). */
 static int fixup_apiban_ban(void **param, int param_no)
 {
+	if(param_no == 1)
+		return apiban_kam_fixup_ip(param, 0);
 	return param_no == 2 ? fixup_igp_null(param, 1) : fixup_spve_null(param, 1);
 }
 
 static int fixup_free_apiban_ban(void **param, int param_no)
 {
+	if(param_no == 1)
+		return apiban_kam_free_ip(param);
 	return param_no == 2 ? fixup_free_igp_null(param, 1) : fixup_free_spve_null(param, 1);
 }
 
 static int apiban_kam_ban(sip_msg_t *msg, char *p1, char *p2, char *p3)
 {
+	pv_value_t val;
 	str ip, reason = STR_NULL;
-	int ttl = -1;
+	int ttl = -1, rc;
 
-	if(fixup_get_svalue(msg, (gparam_t *)p1, &ip) < 0)
-		return APIBAN_BAD_ADDRESS;
 	if(p2 != NULL && fixup_get_ivalue(msg, (gparam_t *)p2, &ttl) < 0)
 		return APIBAN_BAD_TTL;
 	if(p3 != NULL && fixup_get_svalue(msg, (gparam_t *)p3, &reason) < 0)
 		return APIBAN_BAD_REASON;
-	return apiban_ban(ip.s, (size_t)ip.len, ttl, reason.s, (size_t)reason.len);
+	/* The ip last: a variable's value may sit in a getter's or a transformation's static buffer,
+	 * which formatting the reason could reuse; the reason is a copy in the core's ring of print
+	 * buffers, which reading the ip leaves alone. */
+	if(apiban_kam_ip_text(msg, (apiban_kam_ip_t *)p1, &ip, &val) < 0)
+		return APIBAN_BAD_ADDRESS;
+	rc = apiban_ban(ip.s, (size_t)ip.len, ttl, reason.s, (size_t)reason.len);
+	apiban_kam_ip_done(&val);
+	return rc;
 }
 
 static int w_apiban_ban1(sip_msg_t *msg, char *p1, char *p2)
@@ -204,14 +294,28 @@ static int w_apiban_ban3(sip_msg_t *msg, char *p1, char *p2, char *p3)
 	return apiban_kam_ban(msg, p1, p2, p3);
 }
 
-/* apiban_unban(ip): the same results as apiban_ban. */
+/* apiban_unban(ip): the same parameter and results as apiban_ban. */
+static int fixup_apiban_unban(void **param, int param_no)
+{
+	return apiban_kam_fixup_ip(param, 0);
+}
+
+static int fixup_free_apiban_unban(void **param, int param_no)
+{
+	return apiban_kam_free_ip(param);
+}
+
 static int w_apiban_unban(sip_msg_t *msg, char *p1, char *p2)
 {
+	pv_value_t val;
 	str ip;
+	int rc;
 
-	if(fixup_get_svalue(msg, (gparam_t *)p1, &ip) < 0)
+	if(apiban_kam_ip_text(msg, (apiban_kam_ip_t *)p1, &ip, &val) < 0)
 		return APIBAN_BAD_ADDRESS;
-	return apiban_unban(ip.s, (size_t)ip.len);
+	rc = apiban_unban(ip.s, (size_t)ip.len);
+	apiban_kam_ip_done(&val);
+	return rc;
 }
 
 cmd_export_t apiban_kam_cmds[] = {
@@ -221,7 +325,8 @@ cmd_export_t apiban_kam_cmds[] = {
 	{"apiban_ban", (cmd_function)w_apiban_ban1, 1, fixup_apiban_ban, fixup_free_apiban_ban, ANY_ROUTE},
 	{"apiban_ban", (cmd_function)w_apiban_ban2, 2, fixup_apiban_ban, fixup_free_apiban_ban, ANY_ROUTE},
 	{"apiban_ban", (cmd_function)w_apiban_ban3, 3, fixup_apiban_ban, fixup_free_apiban_ban, ANY_ROUTE},
-	{"apiban_unban", (cmd_function)w_apiban_unban, 1, fixup_spve_null, fixup_free_spve_null, ANY_ROUTE},
+	{"apiban_unban", (cmd_function)w_apiban_unban, 1, fixup_apiban_unban, fixup_free_apiban_unban,
+			ANY_ROUTE},
 	{0, 0, 0, 0, 0, 0}};
 
 /* ---- KEMI ------------------------------------------------------------------------------ */

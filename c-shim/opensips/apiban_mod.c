@@ -104,7 +104,15 @@ const param_export_t apiban_osips_params[] = {
 
 /* apiban_check(): the packet's source address; apiban_check(ip): the (expanded) text, which
  * OpenSIPS hands over as a str that is not NUL-terminated. 1 listed, 2 banned locally, -1 not,
- * -2 bad address. */
+ * -2 bad address.
+ *
+ * No fixup of our own for ip, unlike Kamailio's shim: OpenSIPS's core already reads a bare
+ * variable (apiban_check($var(ip)), apiban_check($hdr(X-Real-IP))) with pv_get_spec_value and
+ * hands over its value, without pv_printf (GPARAM_TYPE_PVS in mod_fix.c); a quoted "$var(ip)" is
+ * a format, which it prints. A module fixup on a CMD_PARAM_STR could not take the quoted form's
+ * pv_spec_t over either: the core calls it at start-up with the quoted text and, for a bare
+ * variable, on every call with the value, and nothing tells the two apart. (A bare variable
+ * that is null or an integer is refused by the core before this function: -1, logged.) */
 static int w_apiban_check(struct sip_msg *msg, str *ip)
 {
 	if (ip != NULL)
