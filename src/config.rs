@@ -101,7 +101,7 @@ impl Default for Config {
 /// Upper bound of max_bans: the ban records alone reserve 384 bytes each.
 const MAX_BANS_CAP: usize = 1_000_000;
 
-/// Upper bound of max_entries whatever the memory: 363 bytes of reservation per entry.
+/// Upper bound of max_entries whatever the memory: 214 bytes of reservation per entry.
 const MAX_ENTRIES_CAP: usize = 100_000_000;
 
 fn err(name: &str, what: String) -> String {
@@ -294,9 +294,9 @@ impl Config {
             return Err(err("apikey", "no API key: set apikey or apikey_file (keys are free at apiban.org)".into()));
         }
         if let Some(mem) = phys_mem {
-            // Worst case both generations of both families full: 2 × (64 / 3 + 160) bytes
-            // (src/table.rs: IPv4 3 entries per 64-byte bucket, IPv6 2 buckets per 5 entries).
-            let need = self.max_entries as u64 * 363;
+            // Worst case both generations of both families full: 2 × (64 / 3 + 64 × 4 / 3)
+            // bytes (src/table.rs: IPv4 3 entries per 64-byte bucket, IPv6 4 buckets per 3).
+            let need = self.max_entries as u64 * 214;
             if need > mem {
                 return Err(err(
                     "max_entries",

@@ -12,10 +12,12 @@
 //! - IPv4 bucket: 8 slots of one `u64` = expiry (unix seconds) << 32 | address. 0 is empty:
 //!   every stored entry has a non-zero expiry. One 8-byte load per slot, never read torn.
 //!   3 entries per bucket on average (load factor 3/8): 21.3 bytes per entry.
-//! - IPv6 bucket: 2 slots of (address high, low, expiry) and one word for the overflow flag
-//!   (the 8th word is padding). 0.4 entries per bucket on average (load factor 1/5): 160 bytes
-//!   per entry. A bucket of two overflows far more easily than one of eight, so it takes a
-//!   much lower load to keep misses on one line; the feed lists few IPv6 addresses.
+//! - IPv6 bucket: 3 slots of address (high, low: six words), then their three 32-bit expiries
+//!   and the overflow flag in the last two words (expiries are unix seconds in 32 bits, as the
+//!   feed gives them). 0.75 entries per bucket on average (load factor 1/4): 85 bytes per
+//!   entry (48 with the unbucketed slots of 24 bytes at load 1/2). A bucket of three overflows
+//!   far more easily than one of eight, so it takes a lower load to keep misses on one line;
+//!   the feed lists few IPv6 addresses.
 //!
 //! # Overflow: why a miss reads one line
 //! A bucket fills from its first slot on, and an entry goes to the next bucket (wrapping at the
@@ -56,10 +58,11 @@ use std::io;
 use std::mem::size_of;
 use std::sync::atomic::{fence, AtomicU64, Ordering::*};
 
-/// Average entries per bucket at the most: IPv4 3 of 8 slots, IPv6 2 of 5 buckets' single
-/// entries (a load of 1/5 of its 2 slots).
+/// Average entries per bucket at the most: IPv4 3 of 8 slots, IPv6 3 per 4 buckets (a load
+/// of 1/4 of its 3 slots).
 const V4_PER_BUCKET: usize = 3;
-const V6_BUCKETS_PER_2: usize = 5;
+const V6_BUCKETS_PER_3: usize = 4;
+const V6_SLOTS: usize = 3;
 const MIN_BUCKETS: usize = 4;
 const V4_SLOTS: usize = 8;
 
@@ -92,17 +95,39 @@ struct Header {
 #[repr(C, align(64))]
 struct Bucket4([AtomicU64; V4_SLOTS]);
 
-/// Two IPv6 slots: [hi, lo, exp] twice, `over` non-zero once an entry went past this bucket.
+/// Three IPv6 slots: the addresses as [hi, lo] three times, then `exp01` = expiry 0 | expiry 1
+/// << 32 and `exp2` = expiry 2 | overflowed << 32 (non-zero once an entry went past this
+/// bucket). An expiry of 0 is an empty slot. A slot spans several words, so a reader may see
+/// it half written only in a generation being rebuilt, whose answer the seqlock throws away.
 #[repr(C, align(64))]
 struct Bucket6 {
-    hi0: AtomicU64,
-    lo0: AtomicU64,
-    exp0: AtomicU64,
-    over: AtomicU64,
-    hi1: AtomicU64,
-    lo1: AtomicU64,
-    exp1: AtomicU64,
-    _pad: AtomicU64,
+    addr: [[AtomicU64; 2]; V6_SLOTS],
+    exp01: AtomicU64,
+    exp2: AtomicU64,
+}
+
+impl Bucket6 {
+    /// The expiries of the three slots (0: empty) and whether the bucket overflowed.
+    #[inline(always)]
+    fn expiries(&self) -> ([u32; V6_SLOTS], bool) {
+        let (a, b) = (self.exp01.load(Relaxed), self.exp2.load(Relaxed));
+        ([a as u32, (a >> 32) as u32, b as u32], b >> 32 != 0)
+    }
+
+    fn set_expiry(&self, slot: usize, exp: u32) {
+        let (word, shift) = if slot == 2 { (&self.exp2, 0) } else { (&self.exp01, 32 * slot) };
+        let v = word.load(Relaxed) & !(0xffff_ffffu64 << shift);
+        word.store(v | (exp as u64) << shift, Relaxed);
+    }
+
+    fn set_overflowed(&self) {
+        self.exp2.store(self.exp2.load(Relaxed) | 1 << 32, Relaxed);
+    }
+
+    fn clear(&self) {
+        self.exp01.store(0, Relaxed);
+        self.exp2.store(0, Relaxed);
+    }
 }
 
 const _: () = assert!(size_of::<Bucket4>() == 64 && size_of::<Bucket6>() == 64);
@@ -142,7 +167,7 @@ fn buckets4(n: usize) -> usize {
 }
 
 fn buckets6(n: usize) -> usize {
-    n.saturating_mul(V6_BUCKETS_PER_2).div_ceil(2).max(MIN_BUCKETS)
+    n.saturating_mul(V6_BUCKETS_PER_3).div_ceil(3).max(MIN_BUCKETS)
 }
 
 /// Maps a hash onto [0, n) without a division (Lemire's multiply-shift), for any n (0 gives
@@ -436,7 +461,7 @@ impl Table {
             if let Some(exp) = scan6(b, k) {
                 return exp;
             }
-            if left <= 1 || b.over.load(Relaxed) == 0 {
+            if left <= 1 {
                 return 0;
             }
             left -= 1;
@@ -485,13 +510,11 @@ impl Table {
 
         let b6 = &self.buckets6(g)[..nb6];
         for b in b6 {
-            b.exp0.store(0, Relaxed);
-            b.exp1.store(0, Relaxed);
-            b.over.store(0, Relaxed);
+            b.clear();
         }
         let mut n6 = 0u64;
         for &(k, exp) in v6 {
-            n6 += insert6(b6, k, exp.max(1) as u64, slot_index(hash6(k, seed), nb6)) as u64;
+            n6 += insert6(b6, k, exp.max(1), slot_index(hash6(k, seed), nb6)) as u64;
         }
 
         gen.nb4.store(nb4 as u64, Relaxed);
@@ -543,20 +566,24 @@ fn scan4(b: &Bucket4, k: u32) -> Option<u64> {
     }
 }
 
-/// The same for an IPv6 bucket: `None` when the chain goes on past it.
+/// The same for an IPv6 bucket: `None` when it is full and flagged: the chain goes on.
 #[inline(always)]
 fn scan6(b: &Bucket6, k: u128) -> Option<u64> {
     let (hi, lo) = ((k >> 64) as u64, k as u64);
-    for (h, l, e) in [(&b.hi0, &b.lo0, &b.exp0), (&b.hi1, &b.lo1, &b.exp1)] {
-        let exp = e.load(Relaxed);
+    let (exps, overflowed) = b.expiries();
+    for (a, exp) in b.addr.iter().zip(exps) {
         if exp == 0 {
             return Some(0);
         }
-        if l.load(Relaxed) == lo && h.load(Relaxed) == hi {
-            return Some(exp);
+        if a[1].load(Relaxed) == lo && a[0].load(Relaxed) == hi {
+            return Some(exp as u64);
         }
     }
-    None
+    if overflowed {
+        None
+    } else {
+        Some(0)
+    }
 }
 
 /// Puts `k` (slot value `packed`) in the first free slot of its chain from bucket `i`, or keeps
@@ -596,25 +623,26 @@ fn order4(b: &Bucket4, overflowed: bool) {
     }
 }
 
-fn insert6(b6: &[Bucket6], k: u128, exp: u64, mut i: usize) -> bool {
+fn insert6(b6: &[Bucket6], k: u128, exp: u32, mut i: usize) -> bool {
     let (hi, lo) = ((k >> 64) as u64, k as u64);
     loop {
         let b = &b6[i];
-        for (h, l, e) in [(&b.hi0, &b.lo0, &b.exp0), (&b.hi1, &b.lo1, &b.exp1)] {
-            if e.load(Relaxed) == 0 {
-                h.store(hi, Relaxed);
-                l.store(lo, Relaxed);
-                e.store(exp, Relaxed);
+        let (exps, _) = b.expiries();
+        for (slot, (a, e)) in b.addr.iter().zip(exps).enumerate() {
+            if e == 0 {
+                a[0].store(hi, Relaxed);
+                a[1].store(lo, Relaxed);
+                b.set_expiry(slot, exp);
                 return true;
             }
-            if h.load(Relaxed) == hi && l.load(Relaxed) == lo {
-                if exp > e.load(Relaxed) {
-                    e.store(exp, Relaxed);
+            if a[0].load(Relaxed) == hi && a[1].load(Relaxed) == lo {
+                if exp > e {
+                    b.set_expiry(slot, exp);
                 }
                 return false;
             }
         }
-        b.over.store(1, Relaxed);
+        b.set_overflowed();
         i = next_bucket(i, b6.len());
     }
 }
@@ -674,7 +702,7 @@ mod tests {
         let old = (t.hdr().current.load(Relaxed) as usize & 1) ^ 1;
         assert_eq!(t.hdr().gens[old].seq.load(Relaxed) & 1, 1, "the old generation is not marked retired");
         assert!(t.buckets4(old).iter().all(|b| b.0.iter().all(|s| s.load(Relaxed) == 0)), "its IPv4 pages were not released");
-        assert!(t.buckets6(old).iter().all(|b| b.exp0.load(Relaxed) == 0 && b.hi0.load(Relaxed) == 0), "its IPv6 pages were not released");
+        assert!(t.buckets6(old).iter().all(|b| b.exp01.load(Relaxed) == 0 && b.addr[0][0].load(Relaxed) == 0), "its IPv6 pages were not released");
         assert!(t.contains(Key::V4(99)) && !t.contains(Key::V4(110)) && t.contains(Key::V6(5 << 100)));
         // It is reused, whole, by the next publish.
         t.publish(&Entries { v4: &v4[10..20], v6: &[] }, 3);
@@ -785,9 +813,9 @@ mod tests {
     fn ipv6_overflow_chains() {
         let seed = 11;
         let n = 8;
-        // 9 entries with the duplicate: 23 buckets.
+        // 9 entries with the duplicate: 12 buckets.
         let nb = buckets6(n + 1);
-        assert_eq!(nb, 23);
+        assert_eq!(nb, 12);
         let aimed: Vec<u128> = (1u128..).map(|i| 0x2001_0db8u128 << 96 | i).filter(|&k| slot_index(hash6(k, seed), nb) == nb - 1).take(12).collect();
         let v6: Vec<(u128, u32)> = aimed[..n].iter().map(|&k| (k, 70)).chain([(aimed[0], 80)]).collect();
         let t = Table::new(n + 1).unwrap();
@@ -795,8 +823,9 @@ mod tests {
         assert_eq!(t.publish(&Entries { v4: &[], v6: &v6 }, seed), (0, n));
         let g = t.hdr().current.load(Relaxed) as usize;
         let b = t.buckets6(g);
-        assert!(b[nb - 1].over.load(Relaxed) != 0 && b[0].over.load(Relaxed) != 0 && b[1].over.load(Relaxed) != 0);
-        assert_eq!(b[2].over.load(Relaxed), 0);
+        // 3 + 3 + 2 from the last bucket on, wrapping: the first two flagged, the third not.
+        assert!(b[nb - 1].expiries().1 && b[0].expiries().1);
+        assert!(!b[1].expiries().1 && b[1].expiries().0[1] != 0 && b[1].expiries().0[2] == 0);
         assert!(aimed[..n].iter().all(|&k| t.contains(Key::V6(k))));
         assert!(aimed[n..].iter().all(|&k| !t.contains(Key::V6(k))));
         assert_eq!(t.expiry(Key::V6(aimed[0])), Some(80));
@@ -815,13 +844,13 @@ mod tests {
         let nb4 = t.hdr().gens[g].nb4.load(Relaxed) as usize;
         let nb6 = t.hdr().gens[g].nb6.load(Relaxed) as usize;
         let over4 = t.buckets4(g)[..nb4].iter().filter(|b| b.0[7].load(Relaxed) != 0 && overflowed4(b)).count();
-        let over6 = t.buckets6(g)[..nb6].iter().filter(|b| b.over.load(Relaxed) != 0).count();
+        let over6 = t.buckets6(g)[..nb6].iter().filter(|b| b.expiries().1).count();
         let (p4, p6) = (over4 as f64 / nb4 as f64, over6 as f64 / nb6 as f64);
         eprintln!("overflowed buckets: IPv4 {:.3} %, IPv6 {:.3} %", 100.0 * p4, 100.0 * p6);
         assert!(p4 < 0.01 && p6 < 0.01, "IPv4 {p4}, IPv6 {p6}");
-        // Bytes per entry, one generation: IPv4 <= 24, IPv6 160.
+        // Bytes per entry, one generation: IPv4 <= 24, IPv6 85.
         assert!((nb4 * 64) as f64 / n as f64 <= 24.0);
-        assert_eq!(nb6 * 64 / n, 160);
+        assert_eq!(nb6 * 64 / n, 85);
     }
 
     /// A reader that loads a bucket count other than its generation's (a publish raced it)
@@ -839,9 +868,10 @@ mod tests {
             }
         }
         for b in t.buckets6(g) {
-            for w in [&b.exp0, &b.exp1, &b.over, &b.hi0, &b.hi1] {
+            for w in [&b.exp01, &b.addr[0][0], &b.addr[1][0], &b.addr[2][0]] {
                 w.store(7, Relaxed);
             }
+            b.exp2.store(7 | 1 << 32, Relaxed);
         }
         assert!(!t.contains(Key::V4(5)));
         assert!(!t.contains(Key::V6(5)));

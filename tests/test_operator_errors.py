@@ -23,7 +23,7 @@ class MemoryLimit(unittest.TestCase):
         cls.addClassCleanup(cls.feed.stop)
 
     def test_max_entries_beyond_memory(self):
-        """Under an address-space limit of 3 GB, the reservation for 20 million entries (7 GB:
+        """Under an address-space limit of 3 GB, the reservation for 20 million entries (4 GB:
         within the machine's memory, so that mod_init's own check lets it through) fails and says
         so; the same server with the default max_entries starts under that limit."""
         limit = ["prlimit", f"--as={3 << 30}", "--"]

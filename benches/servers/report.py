@@ -405,8 +405,8 @@ def main():
                     f"pages*: the hot lookups again on the same table mapped as the `huge_pages` parameter maps it "
                     f"(`MAP_HUGETLB`, 2 MB pages; the bench reserves them through `vm.nr_hugepages` and restores the "
                     f"count after). The table is the bucketed layout of src/table.rs: 64-byte buckets, IPv4 3 "
-                    f"entries per bucket of 8 slots (21.3 bytes per entry), IPv6 2 buckets of 2 slots per 5 "
-                    f"entries (160 bytes per entry); a miss stops at its first line unless its bucket is full and "
+                    f"entries per bucket of 8 slots (21.3 bytes per entry), IPv6 4 buckets of 3 slots per 3 "
+                    f"entries (85 bytes per entry); a miss stops at its first line unless its bucket is full and "
                     f"flagged as overflowed (under 1 % of buckets).")
         hot_ok = hot_worst <= HOT_NS
         summary.append((f"Lookup, hot set, 4 KB pages, tables within the TLB's reach ({TLB_REACH >> 20} MB), median "
