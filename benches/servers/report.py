@@ -693,18 +693,19 @@ def main():
                 f"**The module's own cost of `apiban_check()` is {own0:.0f} instructions against {OWN_CHECK0:.0f}** "
                 f"(above the interpreter's floor it adds {a0 - floor:+.0f} per check, within the +{OWN_CHECK0:.0f} "
                 f"allowed). From the call arcs: the shim's wrapper {own0 - addr:.0f}, the Rust entry point "
-                f"`apiban_check_addr` {addr:.0f} with the whole lookup inlined into it (an IPv4 source is read as one "
-                f"big-endian word, no `Key` enum, a one-multiply hash). In its disassembly the miss path is about "
-                f"25 instructions of frame and bookkeeping (five callee-saved registers pushed and popped, the panic "
-                f"guard's context, the `OnceLock` test of the module, the length dispatch, the shared `checks` "
-                f"counter: one `lock inc`), about 25 of seqlock and generation lookup (load `current`, the "
-                f"generation's sequence and its odd test, capacity clamped to the mapping, seed, slot base, the "
-                f"128-bit multiply that maps the hash to a slot, the sequence re-read), and 6 per probed slot "
-                f"(a miss at load factor up to 1/2 probes 2.5 slots on average). What would close it: a bucketed "
-                f"layout where a miss reads one 64-byte line and stops (~−10), the capacity clamped once at publish "
-                f"rather than on every lookup and the module's state in a plain static set in `mod_init` rather than "
-                f"a `OnceLock` (~−5), and a leaf function without the panic guard's frame, which needs proof that "
-                f"nothing below it can panic (~−8): about 60.")
+                f"`apiban_check_addr` {addr:.0f}. It is now a leaf on a miss: the module's state is one pointer "
+                f"load (an `AtomicPtr` set once in `mod_init`, not a `OnceLock`), there is no panic guard (nothing on "
+                f"the IPv4 path indexes, unwraps or overflows; the counter's index is masked), the bucket count is "
+                f"clamped once at publish, not per lookup, and raced reads, overflow chains, hits and local bans go "
+                f"to cold functions, so a miss saves one callee-saved register where it saved five. In its "
+                f"disassembly a miss in its home bucket is 54 instructions (the counter, `current`, the generation's "
+                f"sequence and its odd test, seed, the multiply-shift to a bucket, the sequence re-read, the "
+                f"companion count of local bans), plus 7 for the first occupied slot and 5 for each further one before "
+                f"the empty slot that ends it: at 3 entries per bucket on average, about 71. What would close it: "
+                f"buckets kept sorted with empty slots as all ones, so that a miss stops at the first address above "
+                f"the key at 3 instructions a slot over half the slots on average (~−9; the overflow flag would then "
+                f"move into the order of the last two slots), and a per-process pointer to the `checks` counter set "
+                f"in child init (~−3): about 62.")
         pv_over = [(k, o) for k, o in (("apiban1_var", own1v), ("apiban1_hdr", own1h), ("apiban1_text", own1t))
                    if o is not None and o > OWN_CHECK_PV]
         if pv_over:
