@@ -97,7 +97,8 @@ fn load(table: &Table, bodies: &[Vec<u8>], max_entries: usize, now: u64, seed: u
     for body in bodies {
         let batch = parse_reply(200, body, None, cursor).expect("a good reply");
         let at = batch.id.filter(|&id| id > 1_000_000_000 && id <= now + 3600).unwrap_or(now).min(u32::MAX as u64) as u32;
-        for k in batch.addrs {
+        let v6 = batch.v6.iter().map(|&a| Key::V6(a));
+        for k in batch.v4.iter().map(|&a| Key::V4(a)).chain(v6) {
             if let Some(t) = got.get_mut(&k) {
                 *t = (*t).max(at);
             } else if got.len() < limit {

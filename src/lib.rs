@@ -50,6 +50,6 @@ pub mod bench_api {
 #[doc(hidden)]
 pub mod fuzz_api {
     pub use crate::addr::parse_text;
-    pub use crate::feed::{parse_reply, START_ID};
+    pub use crate::feed::{parse_reply, parse_reply_general, START_ID};
     pub use crate::snapshot::{decode as decode_snapshot, encode as encode_snapshot, seal as seal_snapshot};
 }

@@ -284,13 +284,14 @@ impl<'l> Refresher<'l> {
         }
         if at as u64 + ttl <= now {
             // Expired on arrival: counted and told at the pull's end, never silently lost.
-            let n = batch.addrs.len() as u64;
+            let n = batch.listed() as u64;
             p.stale += n;
             p.stale_id = p.stale_id.max(batch.id.unwrap_or(0));
             num!(self.m.stats.get(), expired).fetch_add(n, Relaxed);
             return;
         }
-        for k in batch.addrs {
+        let v6 = batch.v6.iter().map(|&a| Key::V6(a));
+        for k in batch.v4.iter().map(|&a| Key::V4(a)).chain(v6) {
             let t = p.got.entry(k).or_insert(at);
             *t = (*t).max(at);
         }
