@@ -40,7 +40,7 @@ pub mod bench_api {
     pub use crate::bans::ban_request;
     pub use crate::bans::ring::{Request, Ring};
     pub use crate::feed::{parse_reply, Batch, START_ID};
-    pub use crate::held::split_live;
+    pub use crate::held::{keep_newest, live, merge, Held};
     pub use crate::table::{Entries, Table};
 }
 
