@@ -19,7 +19,7 @@ use crate::log::{log_err, log_info, log_warn};
 use crate::clock::unix_now;
 use crate::held::{keep_newest, live, merge, Held};
 use crate::module::Module;
-use crate::snapshot::{self, Snapshot};
+use crate::snapshot::{self, Saved, Snapshot};
 use crate::stats::{num, text};
 use crate::table::Entries;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -114,6 +114,8 @@ struct Refresher<'l> {
     stale_note: Option<String>,
     /// Fleet mode: this node's part in the fleet. None: standalone.
     fleet: Option<roles::FleetNode>,
+    /// What the snapshot file holds, so that an unchanged list is not written again.
+    snapshot: snapshot::Writer,
 }
 
 impl<'l> Refresher<'l> {
@@ -136,10 +138,14 @@ impl<'l> Refresher<'l> {
             overflow_logged: false,
             stale_note: None,
             fleet: roles::FleetNode::new(&m.settings),
+            snapshot: snapshot::Writer::default(),
         };
         // Resume from the snapshot read before the fork: an incremental pull brings it up to date.
         if let Some(s) = m.initial.lock().unwrap_or_else(|e| e.into_inner()).take() {
             r.master = Held::from_entries(s.entries);
+            if let Some(path) = &cfg.snapshot_file {
+                r.snapshot.known(path, r.master.digest(s.last_id));
+            }
             if s.last_id > START_ID {
                 r.last_id = Some(s.last_id);
                 // The snapshot's age is the one place wall time enters the schedule, once.
@@ -478,12 +484,20 @@ impl<'l> Refresher<'l> {
 
     /// The snapshot of what the table holds: after a pull, the list; mid-pull, the list and
     /// what the pull gathered, under the last ID of the last complete pull (a restart resumes
-    /// from there).
+    /// from there). Not rewritten when the file already holds that list and that ID (see
+    /// `snapshot::Writer`): a full pull that brought the list already held, a follower's
+    /// unchanged version.
     fn save_snapshot_of(&mut self, held: &Held, now: u64) {
         let Some(path) = &self.m.settings.cfg.snapshot_file else { return };
-        let s = Snapshot { last_id: self.last_id.unwrap_or(0), saved_at: now, entries: held.entries() };
-        if let Err(e) = snapshot::save(path, &s) {
-            log_warn!("cannot write snapshot {}: {e}; blocking goes on, a restart would start from the previous one", path.display());
+        let last_id = self.last_id.unwrap_or(0);
+        let entries = || Snapshot { last_id, saved_at: now, entries: held.entries() };
+        match self.snapshot.save(path, held.digest(last_id), entries) {
+            Ok(Saved::Written) => {}
+            Ok(Saved::Unchanged) => crate::log::write(
+                crate::log::Level::Dbg,
+                format_args!("snapshot {} unchanged ({} entries, last ID {last_id}): not rewritten", path.display(), held.len()),
+            ),
+            Err(e) => log_warn!("cannot write snapshot {}: {e}; blocking goes on, a restart would start from the previous one", path.display()),
         }
     }
 }
