@@ -56,7 +56,7 @@ impl Held {
     /// Sorts by address and keeps one entry per address, with its newest time (a pull's rule:
     /// an address listed twice counts from its later listing).
     pub fn normalize(&mut self) {
-        normalize_max(&mut self.v4, self.sorted.0);
+        normalize_v4(&mut self.v4, self.sorted.0);
         normalize_max(&mut self.v6, self.sorted.1);
         self.sorted = (self.v4.len(), self.v6.len());
     }
@@ -172,6 +172,62 @@ fn normalize_max<A: Ord + Copy>(v: &mut Vec<(A, u32)>, sorted: usize) {
         v.sort();
     }
     dedup_last(v);
+}
+
+/// From this many IPv4 entries on, `normalize_v4` sorts by radix (below, comparisons win).
+const RADIX_FROM: usize = 1 << 16;
+
+/// `normalize_max` for IPv4, the list APIBAN sends, made cheaper: each entry packed into one
+/// u64 (address above time) so that a comparison is one instruction, and a long list sorted by
+/// an LSD radix sort on the address bytes (four sequential passes, where a comparison sort's
+/// n log n grows with the list: 35 ns an entry at 1 M against 14 at 1 k).
+fn normalize_v4(v: &mut Vec<(u32, u32)>, sorted: usize) {
+    if sorted == v.len() {
+        return;
+    }
+    let mut w: Vec<u64> = v.iter().map(|&(a, t)| (a as u64) << 32 | t as u64).collect();
+    if w.len() >= RADIX_FROM {
+        radix_by_address(&mut w);
+    } else {
+        w.sort_unstable();
+    }
+    v.clear();
+    for x in w {
+        let (a, t) = ((x >> 32) as u32, x as u32);
+        match v.last_mut() {
+            Some(last) if last.0 == a => last.1 = last.1.max(t),
+            _ => v.push((a, t)),
+        }
+    }
+}
+
+/// Sorts packed entries by their address (the high 32 bits), stably, one byte a pass; a pass
+/// where every entry has the same byte is skipped.
+fn radix_by_address(w: &mut Vec<u64>) {
+    let mut counts = [[0usize; 256]; 4];
+    for &x in w.iter() {
+        for (p, c) in counts.iter_mut().enumerate() {
+            c[(x >> (32 + 8 * p)) as usize & 255] += 1;
+        }
+    }
+    let mut buf = vec![0u64; w.len()];
+    for (p, c) in counts.iter().enumerate() {
+        if c.contains(&w.len()) {
+            continue;
+        }
+        let mut at = [0usize; 256];
+        let mut sum = 0;
+        for (slot, &n) in at.iter_mut().zip(c) {
+            *slot = sum;
+            sum += n;
+        }
+        for &x in w.iter() {
+            let b = (x >> (32 + 8 * p)) as usize & 255;
+            buf[at[b]] = x;
+            at[b] += 1;
+        }
+        std::mem::swap(w, &mut buf);
+    }
 }
 
 /// Keeps the last of consecutive entries of one address (the newest, after sorting by time too;
@@ -412,6 +468,27 @@ mod tests {
         let mut want: Vec<(Key, u32)> = map.into_iter().collect();
         want.sort();
         assert_eq!(h.entries(), want);
+    }
+
+    #[test]
+    fn a_long_pull_is_sorted_by_radix_with_the_same_result() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut h = Held::default();
+        let mut want = std::collections::BTreeMap::new();
+        for i in 0..(RADIX_FROM as u32 * 2) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Few distinct addresses in the low bytes and all of them above: duplicates, and a
+            // byte shared by every entry (a pass skipped).
+            let a = 0x0a00_0000 | (x as u32 & 0x00ff_0fff);
+            let t = (x >> 40) as u32 ^ i;
+            let e = want.entry(a).or_insert(t);
+            *e = (*e).max(t);
+            h.push(Key::V4(a), t);
+        }
+        h.normalize();
+        assert_eq!(h.v4, want.into_iter().collect::<Vec<_>>());
     }
 
     #[test]
