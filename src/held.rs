@@ -344,8 +344,11 @@ pub fn keep_newest(h: &mut Held, keep: usize) -> u64 {
     (n - keep) as u64
 }
 
+/// Two lists of entries, one per family.
+type Pair<A, B> = (Vec<(A, u32)>, Vec<(B, u32)>);
+
 /// The `keep` entries (0 < keep < total) with the highest times, in their order.
-fn newest<A: Copy, B: Copy>(a: &mut Vec<(A, u32)>, b: &mut Vec<(B, u32)>, keep: usize) -> (Vec<(A, u32)>, Vec<(B, u32)>) {
+fn newest<A: Copy, B: Copy>(a: &mut Vec<(A, u32)>, b: &mut Vec<(B, u32)>, keep: usize) -> Pair<A, B> {
     let mut times: Vec<u32> = a.iter().map(|e| e.1).chain(b.iter().map(|e| e.1)).collect();
     let (_, &mut cut, _) = times.select_nth_unstable_by(keep - 1, |x, y| y.cmp(x));
     let above = times.iter().filter(|&&t| t > cut).count();
@@ -371,8 +374,8 @@ pub type LiveSets = (Vec<(u32, u32)>, Vec<(u128, u32)>);
 pub fn live(h: &Held, ttl: u64, now: u64, max: usize) -> LiveSets {
     let exp = |at: u32| (at as u64 + ttl).min(u32::MAX as u64);
     let mut v4: Vec<(u32, u32)> = Vec::with_capacity(h.v4.len());
-    v4.extend(h.v4.iter().filter_map(|&(a, at)| (exp(at) > now).then(|| (a, exp(at) as u32))));
-    let mut v6: Vec<(u128, u32)> = h.v6.iter().filter_map(|&(a, at)| (exp(at) > now).then(|| (a, exp(at) as u32))).collect();
+    v4.extend(h.v4.iter().filter(|e| exp(e.1) > now).map(|&(a, at)| (a, exp(at) as u32)));
+    let mut v6: Vec<(u128, u32)> = h.v6.iter().filter(|e| exp(e.1) > now).map(|&(a, at)| (a, exp(at) as u32)).collect();
     if v4.len() + v6.len() > max {
         if max == 0 {
             return (Vec::new(), Vec::new());
@@ -455,7 +458,7 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let k = if x % 5 == 0 { Key::V6((x % 300) as u128) } else { Key::V4((x % 900) as u32) };
+            let k = if x.is_multiple_of(5) { Key::V6((x % 300) as u128) } else { Key::V4((x % 900) as u32) };
             let t = (x >> 40) as u32 % 1000;
             let e = map.entry(k).or_insert(t);
             *e = (*e).max(t);
