@@ -43,6 +43,19 @@ fn other<E: serde::de::Error>() -> E {
     E::custom("not the usual shape")
 }
 
+/// A seed that reads whichever JSON value comes, through its own visitor.
+macro_rules! seed_any {
+    ($($t:ty),*) => {$(
+        impl<'de> DeserializeSeed<'de> for $t {
+            type Value = <Self as Visitor<'de>>::Value;
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+    )*};
+}
+seed_any!(ListSeed<'_>, ItemSeed<'_>, IdSeed, Drain);
+
 struct ReplyVisitor;
 
 impl<'de> Visitor<'de> for ReplyVisitor {
@@ -107,13 +120,6 @@ impl Visitor<'_> for FieldSeed {
 /// `ipaddress`: a list of tokens, or one string.
 struct ListSeed<'b>(&'b mut Batch);
 
-impl<'de> DeserializeSeed<'de> for ListSeed<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
 impl<'de> Visitor<'de> for ListSeed<'_> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -140,13 +146,6 @@ fn token(b: &mut Batch, text: &str) {
 
 /// An item of the list: a string is a token, anything else is skipped (read in full).
 struct ItemSeed<'b>(&'b mut Batch);
-
-impl<'de> DeserializeSeed<'de> for ItemSeed<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
 
 /// Implements the visits of a value that is only counted or dropped: every type but strings and
 /// non-negative integers (each visitor has its own), containers read to their end through
@@ -197,13 +196,6 @@ impl<'de> Visitor<'de> for ItemSeed<'_> {
 /// `ID`: a string (`none`, or digits with blanks around), a number, or anything else.
 struct IdSeed;
 
-impl<'de> DeserializeSeed<'de> for IdSeed {
-    type Value = Id;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Id, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
 impl<'de> Visitor<'de> for IdSeed {
     type Value = Id;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -225,13 +217,6 @@ impl<'de> Visitor<'de> for IdSeed {
 
 /// A value read in full and dropped: what serde_json's `Value` would have checked is checked.
 struct Drain;
-
-impl<'de> DeserializeSeed<'de> for Drain {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
 
 impl<'de> Visitor<'de> for Drain {
     type Value = ();
