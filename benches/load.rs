@@ -4,10 +4,12 @@
 //!
 //! What one load does, timed with the thread's CPU clock (steadier than wall time on a shared
 //! machine):
-//! 1. parse: `feed::parse_reply` on every reply, each address gathered into the pull's map
-//!    (newest listing time kept, bounded at twice max_entries), the cursor moved to the reply's ID;
-//! 2. publish: the map becomes the master set (a full pull), entries past their ttl dropped,
-//!    `module::split_live`, then `Table::publish` into the shared table.
+//! 1. parse: `feed::parse_reply` on every reply, each address appended to the pull's list
+//!    (`held::Held`, IPv4 and IPv6 apart, bounded at twice max_entries), the cursor moved to the
+//!    reply's ID; at the pull's end the list sorted once, one entry per address with its newest
+//!    listing time (`Held::normalize`);
+//! 2. publish: the list becomes the one held (a full pull), entries past their ttl dropped,
+//!    `held::live`, then `Table::publish` into the shared table.
 //!
 //! The table is made once per N (mod_init's work); the first load pays the page faults of a fresh
 //! generation, later ones reuse pages. Reported: the median of the repetitions and the first one.
@@ -16,8 +18,7 @@
 //! Output: one JSON object per line on stdout, or appended to `$APIBAN_BENCH_OUT`.
 //! `APIBAN_BENCH_TINY=1`: N = 1 k and 10 k only, fewer repetitions.
 
-use apiban::bench_api::{parse_reply, split_live, Entries, Key, Table, START_ID};
-use std::collections::HashMap;
+use apiban::bench_api::{keep_newest, live, parse_reply, Entries, Held, Table, START_ID};
 use std::io::Write;
 use std::time::Duration;
 
@@ -90,30 +91,32 @@ struct Timing {
 
 fn load(table: &Table, bodies: &[Vec<u8>], max_entries: usize, now: u64, seed: u64) -> Timing {
     let t0 = cpu_now();
-    // refresher.rs: the pull gathers each batch into a map, newest listing time kept.
+    // refresher.rs take(): the pull appends each batch, bounded at twice max_entries.
     let limit = max_entries.saturating_mul(2);
-    let mut got: HashMap<Key, u32> = HashMap::new();
+    let mut got = Held::default();
     let mut cursor = START_ID;
     for body in bodies {
         let batch = parse_reply(200, body, None, cursor).expect("a good reply");
         let at = batch.id.filter(|&id| id > 1_000_000_000 && id <= now + 3600).unwrap_or(now).min(u32::MAX as u64) as u32;
-        for k in batch.addrs {
-            if let Some(t) = got.get_mut(&k) {
-                *t = (*t).max(at);
-            } else if got.len() < limit {
-                got.insert(k, at);
+        got.v4.extend(batch.v4.iter().map(|&a| (a, at)));
+        got.v6.extend(batch.v6.iter().map(|&a| (a, at)));
+        if got.len() >= limit {
+            got.normalize();
+            if got.len() >= limit {
+                keep_newest(&mut got, max_entries);
             }
         }
         if let Some(id) = batch.id {
             cursor = cursor.max(id);
         }
     }
+    // finish(): sorted once, one entry per address.
+    got.normalize();
     let t1 = cpu_now();
     // refresher.rs finish() for a full pull, then publish_entries().
     let mut master = got;
-    master.retain(|_, at| *at as u64 + TTL > now);
-    let entries: Vec<(Key, u32)> = master.iter().map(|(&k, &t)| (k, t)).collect();
-    let (v4, v6) = split_live(&entries, TTL, now, max_entries);
+    master.retain(|at| at as u64 + TTL > now);
+    let (v4, v6) = live(&master, TTL, now, max_entries);
     let (n4, n6) = table.publish(&Entries { v4: &v4, v6: &v6 }, seed);
     let t2 = cpu_now();
     drop(master);

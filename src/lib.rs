@@ -40,7 +40,7 @@ pub mod bench_api {
     pub use crate::bans::ban_request;
     pub use crate::bans::ring::{Request, Ring};
     pub use crate::feed::{parse_reply, Batch, START_ID};
-    pub use crate::held::split_live;
+    pub use crate::held::{keep_newest, live, merge, Held};
     pub use crate::table::{Entries, Table};
 }
 
@@ -50,6 +50,6 @@ pub mod bench_api {
 #[doc(hidden)]
 pub mod fuzz_api {
     pub use crate::addr::{parse_text, parse_text_reference};
-    pub use crate::feed::{parse_reply, START_ID};
+    pub use crate::feed::{parse_reply, parse_reply_general, START_ID};
     pub use crate::snapshot::{decode as decode_snapshot, encode as encode_snapshot, seal as seal_snapshot};
 }

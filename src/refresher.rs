@@ -14,16 +14,14 @@ mod limiter;
 mod roles;
 use limiter::RateLimiter;
 
-use crate::addr::Key;
 use crate::feed::{ApiVersion, Batch, Feed, FeedError, Net, START_ID};
 use crate::log::{log_err, log_info, log_warn};
 use crate::clock::unix_now;
-use crate::held::{keep_newest, merge, split_live};
+use crate::held::{keep_newest, live, merge, Held};
 use crate::module::Module;
-use crate::snapshot::{self, Snapshot};
+use crate::snapshot::{self, Saved, Snapshot};
 use crate::stats::{num, text};
 use crate::table::Entries;
-use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -67,7 +65,9 @@ struct Pull {
     full: bool,
     reason: &'static str,
     cursor: u64,
-    got: HashMap<Key, u32>,
+    /// What the replies brought, appended as they come (an address may be there several
+    /// times) and normalized (sorted, one entry each, its newest time) when used.
+    got: Held,
     skipped: u64,
     /// Left out for max_entries: the oldest listed.
     dropped: u64,
@@ -96,8 +96,8 @@ struct Committed {
 struct Refresher<'l> {
     m: &'static Module,
     feed: Feed,
-    /// Every address we hold, with the time its batch listed it.
-    master: HashMap<Key, u32>,
+    /// Every address we hold, with the time its batch listed it (normalized).
+    master: Held,
     last_id: Option<u64>,
     pull: Option<Pull>,
     /// Scheduled on the monotonic clock: a wall clock stepped back must not stop the pulls.
@@ -114,6 +114,8 @@ struct Refresher<'l> {
     stale_note: Option<String>,
     /// Fleet mode: this node's part in the fleet. None: standalone.
     fleet: Option<roles::FleetNode>,
+    /// What the snapshot file holds, so that an unchanged list is not written again.
+    snapshot: snapshot::Writer,
 }
 
 impl<'l> Refresher<'l> {
@@ -124,7 +126,7 @@ impl<'l> Refresher<'l> {
         let mut r = Refresher {
             m,
             feed,
-            master: HashMap::new(),
+            master: Held::default(),
             last_id: None,
             pull: None,
             next_pull: Instant::now(),
@@ -136,10 +138,14 @@ impl<'l> Refresher<'l> {
             overflow_logged: false,
             stale_note: None,
             fleet: roles::FleetNode::new(&m.settings),
+            snapshot: snapshot::Writer::default(),
         };
         // Resume from the snapshot read before the fork: an incremental pull brings it up to date.
         if let Some(s) = m.initial.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            r.master = s.entries.into_iter().collect();
+            r.master = Held::from_entries(s.entries);
+            if let Some(path) = &cfg.snapshot_file {
+                r.snapshot.known(path, r.master.digest(s.last_id));
+            }
             if s.last_id > START_ID {
                 r.last_id = Some(s.last_id);
                 // The snapshot's age is the one place wall time enters the schedule, once.
@@ -284,18 +290,21 @@ impl<'l> Refresher<'l> {
         }
         if at as u64 + ttl <= now {
             // Expired on arrival: counted and told at the pull's end, never silently lost.
-            let n = batch.addrs.len() as u64;
+            let n = batch.listed() as u64;
             p.stale += n;
             p.stale_id = p.stale_id.max(batch.id.unwrap_or(0));
             num!(self.m.stats.get(), expired).fetch_add(n, Relaxed);
             return;
         }
-        for k in batch.addrs {
-            let t = p.got.entry(k).or_insert(at);
-            *t = (*t).max(at);
-        }
+        p.got.v4.extend(batch.v4.iter().map(|&a| (a, at)));
+        p.got.v6.extend(batch.v6.iter().map(|&a| (a, at)));
+        // Counted with duplicates first: only when that reaches the bound are they collapsed
+        // and the addresses counted, as a map would have counted them after each batch.
         if p.got.len() >= max.saturating_mul(2) {
-            p.dropped += keep_newest(&mut p.got, max);
+            p.got.normalize();
+            if p.got.len() >= max.saturating_mul(2) {
+                p.dropped += keep_newest(&mut p.got, max);
+            }
         }
     }
 
@@ -327,14 +336,15 @@ impl<'l> Refresher<'l> {
 
     /// The feed has nothing newer: merge or replace, expire, bound, publish, persist.
     fn finish(&mut self) {
-        let Some(p) = self.pull.take() else { return };
+        let Some(mut p) = self.pull.take() else { return };
+        p.got.normalize();
         let c = self.m.stats.get();
         let cfg = &self.m.settings.cfg;
         let now = unix_now();
         let before = self.master.len();
         let fleet_delta = self.fleet_delta(&p.got, p.full, now);
         let (added, relisted) = if p.full {
-            let added = p.got.keys().filter(|k| !self.master.contains_key(k)).count();
+            let added = self.master.count_missing(&p.got);
             self.master = p.got;
             (added, 0)
         } else {
@@ -348,7 +358,7 @@ impl<'l> Refresher<'l> {
         let Committed { expired, dropped, changed } = self.commit(now, changed, p.dropped);
         if dropped > 0 {
             if !self.overflow_logged {
-                let since = self.master.values().min().copied().unwrap_or(0);
+                let since = self.master.min_time().unwrap_or(0);
                 log_warn!(
                     "the feed lists more addresses than max_entries ({}): kept the {} most recently listed (listed at {since} or later), left out {dropped} listed earlier; raise max_entries",
                     cfg.max_entries,
@@ -412,7 +422,7 @@ impl<'l> Refresher<'l> {
     fn commit(&mut self, now: u64, changed: bool, dropped: u64) -> Committed {
         let cfg = &self.m.settings.cfg;
         let n = self.master.len();
-        self.master.retain(|_, at| *at as u64 + cfg.ttl > now);
+        self.master.retain(|at| at as u64 + cfg.ttl > now);
         let expired = n - self.master.len();
         let dropped = dropped + keep_newest(&mut self.master, cfg.max_entries);
         let changed = changed || expired > 0 || dropped > 0;
@@ -437,25 +447,27 @@ impl<'l> Refresher<'l> {
             return;
         }
         p.shown = Some(Instant::now());
+        p.got.normalize();
+        // What is held with the pull's addresses over it, as a map's extend() did.
         let mut held = self.master.clone();
-        held.extend(p.got.iter().map(|(&k, &t)| (k, t)));
-        let entries: Vec<(Key, u32)> = held.iter().map(|(&k, &t)| (k, t)).collect();
+        held.overlay(p.got.clone());
         let now = unix_now();
-        self.publish_entries(&entries, now);
-        self.save_snapshot_of(entries, now);
+        self.publish_entries(&held, now);
+        self.save_snapshot_of(&held, now);
         if self.master.is_empty() {
             self.fleet_progress(&held);
         }
     }
 
     fn publish(&mut self, now: u64) {
-        let entries: Vec<(Key, u32)> = self.master.iter().map(|(&k, &t)| (k, t)).collect();
-        self.publish_entries(&entries, now);
+        let master = std::mem::take(&mut self.master);
+        self.publish_entries(&master, now);
+        self.master = master;
     }
 
-    fn publish_entries(&mut self, entries: &[(Key, u32)], now: u64) {
+    fn publish_entries(&mut self, held: &Held, now: u64) {
         let cfg = &self.m.settings.cfg;
-        let (v4, v6) = split_live(entries, cfg.ttl, now, cfg.max_entries);
+        let (v4, v6) = live(held, cfg.ttl, now, cfg.max_entries);
         let seed = self.rng ^ now.rotate_left(17);
         let (n4, n6) = self.m.table.publish(&Entries { v4: &v4, v6: &v6 }, seed);
         let c = self.m.stats.get();
@@ -464,18 +476,28 @@ impl<'l> Refresher<'l> {
         num!(c, entries).store((n4 + n6) as u64, Relaxed);
     }
 
-    fn save_snapshot(&self, now: u64) {
-        self.save_snapshot_of(self.master.iter().map(|(&k, &t)| (k, t)).collect(), now);
+    fn save_snapshot(&mut self, now: u64) {
+        let master = std::mem::take(&mut self.master);
+        self.save_snapshot_of(&master, now);
+        self.master = master;
     }
 
     /// The snapshot of what the table holds: after a pull, the list; mid-pull, the list and
     /// what the pull gathered, under the last ID of the last complete pull (a restart resumes
-    /// from there).
-    fn save_snapshot_of(&self, entries: Vec<(Key, u32)>, now: u64) {
+    /// from there). Not rewritten when the file already holds that list and that ID (see
+    /// `snapshot::Writer`): a full pull that brought the list already held, a follower's
+    /// unchanged version.
+    fn save_snapshot_of(&mut self, held: &Held, now: u64) {
         let Some(path) = &self.m.settings.cfg.snapshot_file else { return };
-        let s = Snapshot { last_id: self.last_id.unwrap_or(0), saved_at: now, entries };
-        if let Err(e) = snapshot::save(path, &s) {
-            log_warn!("cannot write snapshot {}: {e}; blocking goes on, a restart would start from the previous one", path.display());
+        let last_id = self.last_id.unwrap_or(0);
+        let entries = || Snapshot { last_id, saved_at: now, entries: held.entries() };
+        match self.snapshot.save(path, held.digest(last_id), entries) {
+            Ok(Saved::Written) => {}
+            Ok(Saved::Unchanged) => crate::log::write(
+                crate::log::Level::Dbg,
+                format_args!("snapshot {} unchanged ({} entries, last ID {last_id}): not rewritten", path.display(), held.len()),
+            ),
+            Err(e) => log_warn!("cannot write snapshot {}: {e}; blocking goes on, a restart would start from the previous one", path.display()),
         }
     }
 }

@@ -147,6 +147,53 @@ pub fn save(path: &Path, s: &Snapshot) -> std::io::Result<()> {
     write_durably(path, &encode(s))
 }
 
+/// Whether `Writer::save` wrote the file.
+#[derive(Debug, PartialEq)]
+pub enum Saved {
+    Written,
+    /// The file holds that content already: not written.
+    Unchanged,
+}
+
+/// Which file is at a path, and as what: (device, inode, size, modification time in ns).
+type FileId = (u64, u64, u64, i128);
+
+fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.len(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128))
+}
+
+/// Writes the snapshot only when what a restart reads of it would change: its entries (each
+/// address and its listing time) or its last ID, told by a digest of both that the caller
+/// computes. `saved_at` alone does not count: after an unchanged sync the file keeps the time
+/// of the write that made it, and a restart then schedules its full resync from that earlier
+/// time, so at worst sooner, never later. The file is written again as well when it is not the
+/// one this writer last wrote or read (removed, replaced, touched), or when the last write
+/// failed.
+#[derive(Default)]
+pub struct Writer {
+    saved: Option<(u64, FileId)>,
+}
+
+impl Writer {
+    /// The file at `path` holds the content of `digest` (the snapshot read at start).
+    pub fn known(&mut self, path: &Path, digest: u64) {
+        self.saved = file_id(path).map(|f| (digest, f));
+    }
+
+    /// Writes `snapshot()` durably (`save`), unless the file already holds content of `digest`.
+    pub fn save(&mut self, path: &Path, digest: u64, snapshot: impl FnOnce() -> Snapshot) -> std::io::Result<Saved> {
+        if self.saved.is_some_and(|(d, f)| d == digest && file_id(path) == Some(f)) {
+            return Ok(Saved::Unchanged);
+        }
+        self.saved = None;
+        save(path, &snapshot())?;
+        self.saved = file_id(path).map(|f| (digest, f));
+        Ok(Saved::Written)
+    }
+}
+
 /// Replaces `path` with `data` so that a crash at any point leaves the old file or the new one,
 /// whole: a temporary file beside it, synced, renamed over it, the directory synced.
 pub fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -220,6 +267,41 @@ mod tests {
         save(&p, &sample()).unwrap();
         assert_eq!(load(&p, 10).unwrap(), Some(sample()));
         fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn an_unchanged_snapshot_is_not_written_again() {
+        let dir = std::env::temp_dir().join(format!("apiban-snapw-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("apiban.snapshot");
+        let stamp = |p: &Path| file_id(p).unwrap();
+        let mut w = Writer::default();
+        let snap = |saved_at| move || Snapshot { saved_at, ..sample() };
+        assert_eq!(w.save(&p, 1, snap(1)).unwrap(), Saved::Written);
+        let first = stamp(&p);
+        // Same content, a later time: the file (inode, size, mtime) stays as it was.
+        assert_eq!(w.save(&p, 1, snap(2)).unwrap(), Saved::Unchanged);
+        assert_eq!(stamp(&p), first);
+        assert_eq!(load(&p, 10).unwrap().unwrap().saved_at, 1);
+        // Other content: written, durably (a new file renamed over the old one).
+        assert_eq!(w.save(&p, 2, snap(3)).unwrap(), Saved::Written);
+        assert_ne!(stamp(&p).1, first.1);
+        assert_eq!(load(&p, 10).unwrap().unwrap().saved_at, 3);
+        // The file removed or replaced behind our back: written again.
+        fs::remove_file(&p).unwrap();
+        assert_eq!(w.save(&p, 2, snap(4)).unwrap(), Saved::Written);
+        fs::write(&p, b"not a snapshot").unwrap();
+        assert_eq!(w.save(&p, 2, snap(5)).unwrap(), Saved::Written);
+        assert_eq!(load(&p, 10).unwrap().unwrap().saved_at, 5);
+        // A writer that read the file at start knows its content; one that failed forgets.
+        let mut r = Writer::default();
+        r.known(&p, 2);
+        assert_eq!(r.save(&p, 2, snap(6)).unwrap(), Saved::Unchanged);
+        let mut bad = Writer::default();
+        let nowhere = dir.join("missing/apiban.snapshot");
+        assert!(bad.save(&nowhere, 2, snap(7)).is_err());
+        assert!(bad.save(&nowhere, 2, snap(7)).is_err(), "tried again, not skipped");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -108,6 +108,46 @@ class Restart(unittest.TestCase):
         self.assertEqual((s["last_error"], s["last_id"]), ("", self.feed.max_id))
         self.assertEqual(b.options(new), 403)
 
+    def test_a_sync_that_changed_nothing_leaves_the_snapshot_file_alone(self):
+        """A full pull that brings the list already held does not rewrite the snapshot (same
+        inode, same mtime): only the file write is skipped, the sync is logged and counted as
+        before. A pull that changes the list writes it, as a new file renamed over the old one.
+        A restart then loads the file as it stands."""
+        a = start_kamailio(self.tmps[0].path, self.feed, self.snapshot)
+        self.kams.append(a)
+        a.wait_synced(entries=502)
+        wait_until(lambda: os.path.exists(self.snapshot) and read_snapshot(self.snapshot), timeout=10,
+                   what="the snapshot file")
+        stamp = lambda: (lambda st: (st.st_ino, st.st_mtime_ns, st.st_size))(os.stat(self.snapshot))
+        before, snap = stamp(), read_snapshot(self.snapshot)
+
+        a.admin_reload()
+        wait_until(lambda: "sync done (reload)" in a.log(), timeout=20, what="the reload's sync")
+        s = a.wait_synced(entries=502, syncs=2)
+        self.assertEqual(stamp(), before, "the unchanged list was written again")
+        self.assertEqual(read_snapshot(self.snapshot), snap)
+        self.assertEqual((s["last_error"], s["state"]), ("", "ok"))
+        self.assertNotIn("cannot write snapshot", a.log())
+
+        new = "127.0.1.9"
+        self.feed.add([new])
+        a.admin_reload()
+        wait_until(lambda: a.log().count("sync done (reload)") >= 2, timeout=20, what="the second reload's sync")
+        a.wait_synced(entries=503)
+        after = wait_until(lambda: (lambda t: t if t != before else None)(stamp()), timeout=10,
+                           what="the snapshot rewritten")
+        self.assertNotEqual(after[0], before[0], "written to a new file and renamed")
+        snap2 = read_snapshot(self.snapshot)
+        self.assertEqual((snap2["ipv4"], snap2["ipv6"], snap2["last_id"]), (502, 1, self.feed.max_id))
+        a.stop()
+        self.feed.stop()
+
+        b = start_kamailio(self.tmps[1].path, self.feed, self.snapshot)
+        self.kams.append(b)
+        self.assertEqual(b.options(new), 403)
+        self.assertEqual(b.options(LISTED), 403)
+        self.assertEqual(b.stats()["entries"], 503)
+
     def test_an_unwritable_snapshot_path_warns_and_blocking_goes_on(self):
         path = os.path.join(self.tmps[0].path, "no-such-dir", "apiban.snapshot")
         a = start_kamailio(self.tmps[0].path, self.feed, path)

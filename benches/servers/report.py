@@ -471,9 +471,10 @@ def main():
         sec2.append("")
         sec2.append("Thread CPU time (CLOCK_THREAD_CPUTIME_ID), median of the repetitions (5 at 1 M, 7 below); "
                     "*first load* is the first repetition, which also pays the page faults of a fresh table "
-                    "generation. *parse*: `feed::parse_reply` on every reply and each address gathered into the "
-                    "pull's map as src/refresher.rs does; *publish*: the full pull's set filtered for expiry, "
-                    "`module::split_live` and `Table::publish`. Addresses are random IPv4 text, as APIBAN lists "
+                    "generation. *parse*: `feed::parse_reply` on every reply (one pass, no JSON tree), each address "
+                    "appended to the pull's list and the list sorted once at the pull's end, one entry per address "
+                    "(`held::Held`), as src/refresher.rs does; *publish*: the full pull's list filtered for expiry, "
+                    "`held::live` and `Table::publish`. Addresses are random IPv4 text, as APIBAN lists "
                     "them. A single reply of 1 M addresses is ~16 MB, at the module's 16 MB reply cap: only the "
                     "parser is measured there, the module would refuse it over HTTP.")
         ok = worst <= LOAD_NS_PER_ADDR and (big_s is None or big_s < LOAD_1M_S)
@@ -492,14 +493,10 @@ def main():
             misses.append(
                 f"**Load cost per address grows {growth:.2f}× from 1 k to 1 M** (parse {pb[1]:.0f} → {pb[0]:.0f} ns, "
                 f"publish {pb[3]:.0f} → {pb[2]:.0f} ns). Nothing is quadratic; what grows is memory traffic: the "
-                f"pull's `HashMap<Key, u32>` (SipHash, 48-byte buckets since `Key` is a 32-byte enum) outgrows the "
-                f"caches and rehashes as it doubles, each reply becomes a `serde_json::Value` tree with one heap "
-                f"`String` per address before it is parsed, and the publish's inserts land on random lines of a "
-                f"16 MB generation. What would close it (src/feed.rs and src/refresher.rs, the main developer's): "
-                f"deserialize `ipaddress` straight into borrowed `&str` (a `#[derive(Deserialize)]` struct with "
-                f"`Vec<&str>`, no `Value`, no per-address allocation), keep the pull as a `Vec<(Key, u32)>` sorted and "
-                f"deduplicated at the end (sequential, no hashing) or reserve the map and hash with the table's own "
-                f"`mix`, and split IPv4 from IPv6 early (4-byte keys).")
+                f"replies no longer fit the caches (a reply is read in one pass, each address parsed where it "
+                f"lies, no JSON tree), the pull's one sort at its end (an LSD radix sort on the address bytes "
+                f"from 65,536 entries, sequential passes over 8 bytes an entry), and the publish's inserts, which "
+                f"land on random lines of a 16 MB generation (src/table.rs).")
     else:
         sec2.append("Not run.")
 
@@ -524,8 +521,10 @@ def main():
                      f"says the whole list is in; median of {kload['loads_per_size']} loads (the module: "
                      f"{max(kload['loads_per_size'], 2)}). Wall: the script's own `$TV(Sn)` stamps around its loop; "
                      f"the module's `sync_ms`. Both pull the same list from the same fake feed with API v1 (the "
-                     f"script's URLs), in batches of 250. The module's figure includes its snapshot write "
-                     f"(`snapshot_file`, as in the sample config); the script keeps nothing across restarts. The "
+                     f"script's URLs), in batches of 250. The module's figure includes its snapshot "
+                     f"(`snapshot_file`, as in the sample config): written, fsync'ed and renamed by the first load, "
+                     f"left alone by the loads that bring the list already held (same addresses, times and last ID); "
+                     f"the script keeps nothing across restarts. The "
                      f"fake feed's own CPU (a Python process) is not counted for either.")
         ratios = [(n, kload["script"][str(n)]["cpu_s"] / kload["module"][str(n)]["cpu_s"]) for n in kload["sizes"]]
         short = [(n, x) for n, x in ratios if x < LOAD_CPU_RATIO]
@@ -550,13 +549,12 @@ def main():
             misses.append(
                 f"**Load CPU below {LOAD_CPU_RATIO:.0f}× the script's at small N.** " + "; ".join(parts) + ". What "
                 f"does not shrink with N dominates a small list: the HTTP requests through ureq (one kept-alive "
-                f"connection), the snapshot file written, fsync'ed and renamed after the sync, the sync's log "
-                f"line, and the RPC that starts the pull. The script's cost is per address (jansson re-parses the "
+                f"connection), the sync's log line, the RPC that starts the pull, and the snapshot file written, "
+                f"fsync'ed and renamed when the list changed. The script's cost is per address (jansson re-parses the "
                 f"whole reply for every `jansson_get`: {kload['script'][nmax]['cpu_s'] / int(nmax) * 1e6:.0f} µs "
                 f"per address), so the ratio grows with N: "
-                + ", ".join(f"{x:.0f}× at {size_n(n)}" for n, x in ratios) + ". What would close it at 1 k: "
-                f"skipping the snapshot write when the table's content hash did not change, and a cheaper parse "
-                f"(below); the fixed cost of a request to APIBAN stays.")
+                + ", ".join(f"{x:.0f}× at {size_n(n)}" for n, x in ratios) + ". What is left at 1 k is mostly the "
+                f"fixed cost of the requests to APIBAN, which stays.")
         # memory
         sec3c = []
         sec3c.append("| N | htable (script): shm per entry | module: table mapping per entry (steady) | "

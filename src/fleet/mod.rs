@@ -670,7 +670,7 @@ impl Fleet {
     /// After a sync, as leader: writes what changed, or the whole list (`delta` None: a full
     /// pull; or when Redis does not hold the version we last wrote, e.g. after it restarted
     /// empty). Returns the new version.
-    pub fn publish(&mut self, all: &HashMap<Key, u32>, delta: Option<Changed>, info: SyncInfo) -> Result<u64, FleetError> {
+    pub fn publish(&mut self, all: &[(Key, u32)], delta: Option<Changed>, info: SyncInfo) -> Result<u64, FleetError> {
         let Some(l) = &self.lease else { return Err(FleetError::LeaseLost) };
         let lease = l.value.clone();
         if let (Some(Changed { add, del }), Some(seen)) = (delta, self.seen.clone()) {
@@ -717,18 +717,17 @@ impl Fleet {
         self.publish_full(all, &lease, info)
     }
 
-    fn publish_full(&mut self, all: &HashMap<Key, u32>, lease: &str, info: SyncInfo) -> Result<u64, FleetError> {
+    fn publish_full(&mut self, entries: &[(Key, u32)], lease: &str, info: SyncInfo) -> Result<u64, FleetError> {
         let token = self.lease.as_ref().map_or(0, |l| l.token);
         let staging = self.keys.staging(token);
-        let entries: Vec<(&Key, &u32)> = all.iter().collect();
         let staged = self.run(|c, _, _| {
             let mut p = redis::pipe();
             p.cmd("DEL").arg(&staging).ignore();
             for chunk in entries.chunks(CHUNK) {
                 let mut z = redis::cmd("ZADD");
                 z.arg(&staging);
-                for (k, t) in chunk {
-                    z.arg(**t).arg(member(**k));
+                for &(k, t) in chunk {
+                    z.arg(t).arg(member(k));
                 }
                 p.add_command(z).ignore();
             }

@@ -90,6 +90,11 @@ fn entries(list: &[(u32, u32)]) -> HashMap<Key, u32> {
     list.iter().map(|&(a, t)| (Key::V4(a), t)).collect()
 }
 
+/// A list as `publish` takes it.
+fn v(all: &HashMap<Key, u32>) -> Vec<(Key, u32)> {
+    all.iter().map(|(&k, &t)| (k, t)).collect()
+}
+
 fn info(last_id: u64) -> SyncInfo {
     SyncInfo { last_id, synced_at: 1_700_000_500, full_at: 1_700_000_000 }
 }
@@ -157,7 +162,7 @@ fn followers_read_full_lists_then_deltas() {
     a.lease().unwrap();
     assert_eq!(a.poll().unwrap(), Poll::Empty);
     let mut all = entries(&[(1, 100), (2, 100), (3, 101)]);
-    let v1 = a.publish(&all, None, info(1_700_000_001)).unwrap();
+    let v1 = a.publish(&v(&all), None, info(1_700_000_001)).unwrap();
     let (meta, list) = expect_full(b.poll().unwrap());
     assert_eq!((meta.version, meta.last_id, meta.entries, meta.leader.as_str()), (v1, 1_700_000_001, 3, "node-a"));
     assert_eq!(list, vec![(Key::V4(1), 100), (Key::V4(2), 100), (Key::V4(3), 101)]);
@@ -168,10 +173,10 @@ fn followers_read_full_lists_then_deltas() {
     all.insert(Key::V4(2), 102);
     all.remove(&Key::V4(1));
     let add = [(Key::V4(4), 102), (Key::V4(2), 102)];
-    let v2 = a.publish(&all, Some(Changed { add: &add, del: &[Key::V4(1)] }), info(1_700_000_002)).unwrap();
+    let v2 = a.publish(&v(&all), Some(Changed { add: &add, del: &[Key::V4(1)] }), info(1_700_000_002)).unwrap();
     assert_eq!(v2, v1 + 1);
     // Nothing changed: only the sync fields move, no new version.
-    assert_eq!(a.publish(&all, Some(Changed { add: &[], del: &[] }), info(1_700_000_003)).unwrap(), v2);
+    assert_eq!(a.publish(&v(&all), Some(Changed { add: &[], del: &[] }), info(1_700_000_003)).unwrap(), v2);
     match b.poll().unwrap() {
         Poll::Update { meta, change: Change::Delta { mut add, del } } => {
             add.sort();
@@ -194,7 +199,7 @@ fn followers_read_full_lists_then_deltas() {
 
     // A full pull writes a new epoch: followers read it whole.
     let all = entries(&[(9, 200)]);
-    let v3 = a.publish(&all, None, info(1_700_000_004)).unwrap();
+    let v3 = a.publish(&v(&all), None, info(1_700_000_004)).unwrap();
     let (meta, list) = expect_full(b.poll().unwrap());
     assert_eq!((meta.version, list), (v3, vec![(Key::V4(9), 200)]));
 }
@@ -206,16 +211,16 @@ fn redis_restarted_empty_is_noticed() {
     let mut b = Fleet::new(settings(srv.port, "node-b", None));
     a.lease().unwrap();
     let all = entries(&[(1, 100)]);
-    a.publish(&all, None, info(5)).unwrap();
+    a.publish(&v(&all), None, info(5)).unwrap();
     expect_full(b.poll().unwrap());
     redis::cmd("FLUSHALL").exec(&mut raw(srv.port)).unwrap();
     // The follower keeps what it has; the leader's lease is gone with the data.
     assert_eq!(b.poll().unwrap(), Poll::Empty);
-    assert_eq!(a.publish(&all, Some(Changed { add: &[], del: &[] }), info(6)).unwrap_err(), FleetError::LeaseLost);
+    assert_eq!(a.publish(&v(&all), Some(Changed { add: &[], del: &[] }), info(6)).unwrap_err(), FleetError::LeaseLost);
     assert!(matches!(a.lease().unwrap(), LeaseState::Leader { taken: true, .. }));
     assert_eq!(a.poll().unwrap(), Poll::Empty);
     // A delta against a Redis that does not hold our version becomes a full write.
-    a.publish(&all, Some(Changed { add: &[], del: &[] }), info(6)).unwrap();
+    a.publish(&v(&all), Some(Changed { add: &[], del: &[] }), info(6)).unwrap();
     let (meta, list) = expect_full(b.poll().unwrap());
     assert_eq!((meta.last_id, list.len()), (6, 1));
 }
@@ -232,7 +237,7 @@ fn garbage_under_the_prefix_is_refused_and_kept() {
     // Wrong type.
     redis::cmd("SET").arg("t:meta").arg("hello").exec(&mut r).unwrap();
     assert!(matches!(b.poll().unwrap_err(), FleetError::Garbage(_)));
-    assert!(matches!(a.publish(&all, None, info(1)).unwrap_err(), FleetError::Garbage(_)));
+    assert!(matches!(a.publish(&v(&all), None, info(1)).unwrap_err(), FleetError::Garbage(_)));
     let kept: String = redis::cmd("GET").arg("t:meta").query(&mut r).unwrap();
     assert_eq!(kept, "hello");
 
@@ -241,12 +246,12 @@ fn garbage_under_the_prefix_is_refused_and_kept() {
     redis::cmd("HSET").arg("t:meta").arg("format").arg("apiban-fleet-9").arg("epoch").arg("x").exec(&mut r).unwrap();
     let e = b.poll().unwrap_err();
     assert!(matches!(&e, FleetError::Garbage(t) if t.contains("apiban-fleet-9")), "{e:?}");
-    let e = a.publish(&all, None, info(1)).unwrap_err();
+    let e = a.publish(&v(&all), None, info(1)).unwrap_err();
     assert!(matches!(&e, FleetError::Garbage(t) if t.contains("apiban-fleet-9")), "{e:?}");
 
     // Ours again, then a truncated list: refused, the version stays unread.
     redis::cmd("DEL").arg("t:meta").exec(&mut r).unwrap();
-    a.publish(&all, None, info(1)).unwrap();
+    a.publish(&v(&all), None, info(1)).unwrap();
     redis::cmd("ZREM").arg("t:list").arg("0.0.0.1").exec(&mut r).unwrap();
     let e = b.poll().unwrap_err();
     assert!(matches!(&e, FleetError::Garbage(t) if t.contains("truncated")), "{e:?}");
@@ -327,7 +332,7 @@ fn the_list_outlives_the_staging_key_and_a_list_that_lost_members_is_written_aga
     let mut a = Fleet::new(settings(srv.port, "node-a", None));
     a.lease().unwrap();
     let all = entries(&[(1, 100), (2, 100), (3, 101)]);
-    a.publish(&all, None, info(7)).unwrap();
+    a.publish(&v(&all), None, info(7)).unwrap();
     let mut r = raw(srv.port);
     // RENAME keeps the staging key's expiry; the list must have none.
     let ttl: i64 = redis::cmd("TTL").arg("t:list").query(&mut r).unwrap();
@@ -337,7 +342,7 @@ fn the_list_outlives_the_staging_key_and_a_list_that_lost_members_is_written_aga
     // The list loses members behind the leader's back (deleted, evicted): the next delta finds
     // it short of `entries` and writes the whole list instead.
     redis::cmd("ZREM").arg("t:list").arg("0.0.0.1").exec(&mut r).unwrap();
-    let v = a.publish(&all, Some(Changed { add: &[], del: &[] }), info(8)).unwrap();
+    let v = a.publish(&v(&all), Some(Changed { add: &[], del: &[] }), info(8)).unwrap();
     let n: u64 = redis::cmd("ZCARD").arg("t:list").query(&mut r).unwrap();
     assert_eq!(n, 3);
     let mut b = Fleet::new(settings(srv.port, "node-b", None));
@@ -354,9 +359,9 @@ fn a_version_number_reused_after_lost_writes_is_still_applied() {
     let mut f = Fleet::new(settings(srv.port, "node-f", None));
     a.lease().unwrap();
     let mut all = entries(&[(1, 100)]);
-    let v1 = a.publish(&all, None, info(1)).unwrap();
+    let v1 = a.publish(&v(&all), None, info(1)).unwrap();
     all.insert(Key::V4(2), 101);
-    let v2 = a.publish(&all, Some(Changed { add: &[(Key::V4(2), 101)], del: &[] }), info(2)).unwrap();
+    let v2 = a.publish(&v(&all), Some(Changed { add: &[(Key::V4(2), 101)], del: &[] }), info(2)).unwrap();
     assert_eq!(expect_full(f.poll().unwrap()).0.version, v2);
     // A fail-over loses version 2: the replica that becomes master had only version 1. Made
     // here by hand: the meta goes back to v1 and its writer, the log loses entry 2.
@@ -373,7 +378,7 @@ fn a_version_number_reused_after_lost_writes_is_still_applied() {
     expect_full(b.poll().unwrap());
     let mut other = entries(&[(1, 100)]);
     other.insert(Key::V4(3), 102);
-    let v2b = b.publish(&other, Some(Changed { add: &[(Key::V4(3), 102)], del: &[] }), info(3)).unwrap();
+    let v2b = b.publish(&v(&other), Some(Changed { add: &[(Key::V4(3), 102)], del: &[] }), info(3)).unwrap();
     assert_eq!(v2b, v2, "the same number comes back");
     // The follower that saw the lost version 2 notices the writer changed and reads it all.
     let (meta, list) = expect_full(f.poll().unwrap());
@@ -389,7 +394,7 @@ fn reads_are_bounded_and_a_refused_full_write_leaves_nothing_behind() {
     let mut a = Fleet::new(settings(srv.port, "node-a", None));
     a.lease().unwrap();
     let all: HashMap<Key, u32> = (0..50u32).map(|i| (Key::V4(i), 100 + i)).collect();
-    a.publish(&all, None, info(1)).unwrap();
+    a.publish(&v(&all), None, info(1)).unwrap();
     // A follower that may hold 10 gets the 10 newest, however long the list.
     let mut s = settings(srv.port, "node-f", None);
     s.max_entries = 10;
@@ -410,7 +415,7 @@ fn reads_are_bounded_and_a_refused_full_write_leaves_nothing_behind() {
     assert!(matches!(&e, FleetError::Garbage(t) if t.contains("holds 5050")), "{e:?}");
     // A Redis at maxmemory refuses the full write: no staging key is left behind.
     redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(1).exec(&mut r).unwrap();
-    let e = a.publish(&all, None, info(2)).unwrap_err();
+    let e = a.publish(&v(&all), None, info(2)).unwrap_err();
     assert!(matches!(&e, FleetError::Server(t) if t.contains("OOM")), "{e:?}");
     redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).exec(&mut r).unwrap();
     let staged: Vec<String> = redis::cmd("KEYS").arg("t:staging:*").query(&mut r).unwrap();

@@ -12,7 +12,7 @@
 
 use super::limiter::RATE_MARGIN;
 use super::Refresher;
-use crate::held::merge;
+use crate::held::{merge, Held};
 use crate::addr::Key;
 use crate::config::Settings;
 use crate::feed::START_ID;
@@ -21,7 +21,6 @@ use crate::fleet::{Change, Changed, Fleet, FleetError, FleetSettings, LeaseState
 use crate::log::{log_info, log_warn};
 use crate::clock::unix_now;
 use crate::stats::{num, text};
-use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -431,10 +430,11 @@ impl Refresher<'_> {
     /// A follower's update from Redis: into the list held, the table and the snapshot.
     fn fleet_apply(&mut self, f: &mut FleetNode, meta: &Meta, change: Change) {
         let now = unix_now();
-        let (mut added, mut removed) = (0usize, 0usize);
+        let added: usize;
+        let mut removed = 0;
         match change {
             Change::Full(list) => {
-                let list: HashMap<Key, u32> = list.into_iter().collect();
+                let list = Held::from_entries(list);
                 let held = self.last_id.unwrap_or(0);
                 // Same age and we hold more (an abandoned pull's addresses, a fallback's): keep.
                 if held > meta.last_id || (f.diverged && held >= meta.last_id) {
@@ -444,8 +444,8 @@ impl Refresher<'_> {
                     f.diverged = true;
                 } else {
                     f.diverged = false;
-                    added = list.keys().filter(|k| !self.master.contains_key(k)).count();
-                    removed = self.master.keys().filter(|k| !list.contains_key(k)).count();
+                    added = self.master.count_missing(&list);
+                    removed = list.count_missing(&self.master);
                     self.master = list;
                     if meta.last_id > START_ID {
                         self.last_id = Some(meta.last_id);
@@ -453,12 +453,7 @@ impl Refresher<'_> {
                 }
             }
             Change::Delta { add, del } => {
-                for (k, t) in add {
-                    added += self.master.insert(k, t).is_none() as usize;
-                }
-                for k in del {
-                    removed += self.master.remove(&k).is_some() as usize;
-                }
+                (added, removed) = self.master.apply(add, del);
                 if meta.last_id > START_ID {
                     self.last_id = Some(meta.last_id.max(self.last_id.unwrap_or(0)));
                 }
@@ -512,14 +507,14 @@ impl Refresher<'_> {
 
     /// Before a leader's pull is merged: what it changes, for an incremental write to Redis
     /// (None: write it all). The rule is merge()'s: an address is new, or listed again later.
-    pub(super) fn fleet_delta(&self, got: &HashMap<Key, u32>, full: bool, now: u64) -> Option<SyncDelta> {
+    pub(super) fn fleet_delta(&self, got: &Held, full: bool, now: u64) -> Option<SyncDelta> {
         let f = self.fleet.as_ref()?;
         if f.role != Role::Leader || full || f.dirty {
             return None;
         }
-        let add = got.iter().filter(|(k, t)| self.master.get(k).is_none_or(|old| *t > old)).map(|(&k, &t)| (k, t)).collect();
+        let add = self.master.newer_in(got);
         let ttl = self.m.settings.cfg.ttl;
-        let del = self.master.iter().filter(|(_, &at)| at as u64 + ttl <= now).map(|(&k, _)| k).collect();
+        let del = self.master.iter().filter(|&(_, at)| at as u64 + ttl <= now).map(|(k, _)| k).collect();
         Some(SyncDelta { add, del })
     }
 
@@ -538,7 +533,7 @@ impl Refresher<'_> {
     fn fleet_publish(&mut self, f: &mut FleetNode, delta: Option<SyncDelta>, now: u64) {
         let info = SyncInfo { last_id: self.last_id.unwrap_or(0), synced_at: now, full_at: f.full_at };
         let changed = delta.as_ref().map(|d| Changed { add: &d.add, del: &d.del });
-        match f.client.publish(&self.master, changed, info) {
+        match f.client.publish(&self.master.entries(), changed, info) {
             Ok(v) => {
                 f.dirty = false;
                 f.diverged = false;
@@ -559,11 +554,11 @@ impl Refresher<'_> {
     /// A leader's first full pull, mid-way: the whole of what it gathered so far goes to Redis
     /// (with no last ID and no sync time: a node that takes over pulls in full at once), so the
     /// followers block it too.
-    pub(super) fn fleet_progress(&mut self, held: &HashMap<Key, u32>) {
+    pub(super) fn fleet_progress(&mut self, held: &Held) {
         self.with_node((), |r, f| {
             if f.role == Role::Leader {
                 let info = SyncInfo { last_id: r.last_id.unwrap_or(0), synced_at: 0, full_at: 0 };
-                match f.client.publish(held, None, info) {
+                match f.client.publish(&held.entries(), None, info) {
                     Ok(v) => num!(r.m.stats.get(), fleet_version).store(v, Relaxed),
                     Err(e) => r.fleet_error(f, e),
                 }
