@@ -410,8 +410,12 @@ impl Module {
         self.stats.snapshot(out);
     }
 
+    /// Asks the refresher for a full pull now: it sleeps on the flag between ticks, so the
+    /// wake starts the pull at once rather than at its next tick (up to 200 ms later).
     pub fn request_reload(&self) {
-        self.stats.get().reload.store(1, Relaxed);
+        let flag = &self.stats.get().reload;
+        flag.store(1, Relaxed);
+        crate::os::wake(flag);
     }
 }
 

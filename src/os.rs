@@ -185,3 +185,27 @@ pub fn exit_now() -> ! {
     // SAFETY: _exit has no preconditions.
     unsafe { libc::_exit(0) }
 }
+
+/// Sleeps until `word` no longer holds `expected`, a `wake` on it, or `timeout`, whichever is
+/// first (a futex: the word may live in memory shared between processes, as the stats do).
+/// Returns at once when the word already differs. Spurious returns are harmless to callers,
+/// which look at the word again.
+pub fn wait_on(word: &std::sync::atomic::AtomicU32, expected: u32, timeout: std::time::Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT reads the aligned 32-bit word, which outlives the call; the timeout is a
+    // valid relative timespec. Not FUTEX_PRIVATE: the waker may be another process.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, expected, &ts as *const libc::timespec);
+    }
+}
+
+/// Wakes whoever sleeps in `wait_on(word, …)`, in any process that maps it.
+pub fn wake(word: &std::sync::atomic::AtomicU32) {
+    // SAFETY: FUTEX_WAKE only uses the word's address.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
+    }
+}

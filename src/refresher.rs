@@ -1,7 +1,8 @@
 //! The refresher: the one process that talks to APIBAN and writes the table.
 //!
-//! A loop that wakes every 200 ms: it keeps the table's clock, acts on `apiban.reload`, and makes
-//! at most one feed request per wake, when the schedule, the backoff and the rate limit all allow.
+//! A loop that wakes every 200 ms, and at once on `apiban.reload`: it keeps the table's clock,
+//! acts on the reload, and makes at most one feed request per wake, when the schedule, the
+//! backoff and the rate limit all allow.
 //! A pull (full from ID 100, or incremental from the last ID) spans several requests; its
 //! addresses are gathered aside and published in one step when the feed says there is nothing
 //! newer. On any error the pull stays where it was and resumes from its last good ID after a
@@ -181,7 +182,7 @@ impl<'l> Refresher<'l> {
             if !self.fleet_tick() {
                 // A follower: Redis brings the list; a pull of an earlier role is dropped.
                 self.abandon_pull();
-                std::thread::sleep(TICK);
+                crate::os::wait_on(&c.reload, 0, TICK);
                 continue;
             }
             let mono = Instant::now();
@@ -202,7 +203,8 @@ impl<'l> Refresher<'l> {
                 }
             }
             if !sleep.is_zero() {
-                std::thread::sleep(sleep);
+                // A tick's sleep that `apiban.reload` ends at once (Module::request_reload).
+                crate::os::wait_on(&c.reload, 0, sleep);
             }
         }
     }
