@@ -8,20 +8,9 @@
 
 use crate::bans::admin;
 use crate::boundary::{self, apiban_host, apiban_reply, apiban_stats, apiban_verdict, APIBAN_BAD_ADDRESS, APIBAN_DROPPED, APIBAN_NOT_LISTED};
-use crate::log::log_err;
+use crate::log::{guard, log_err};
 use crate::module;
 use std::os::raw::{c_char, c_int};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
-pub(crate) fn guard<R>(what: &str, fallback: R, f: impl FnOnce() -> R) -> R {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(_) => {
-            log_err!("{what}: internal error, answered safely (see the previous message)");
-            fallback
-        }
-    }
-}
 
 /// # Safety
 /// `ptr` is null or points to `len` readable bytes that stay valid for the call.

@@ -177,3 +177,16 @@ mod tests {
         assert_eq!(redact("k9 and pw7"), "*** and ***");
     }
 }
+
+/// Runs `f`, and answers `fallback` if it panics: what every function the shims call does (an
+/// unwinding panic must never cross into the host), and the lookup's cold paths, which catch
+/// their own. The panic itself is logged by the hook installed in mod_init.
+pub(crate) fn guard<R>(what: &str, fallback: R, f: impl FnOnce() -> R) -> R {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => {
+            log_err!("{what}: internal error, answered safely (see the previous message)");
+            fallback
+        }
+    }
+}

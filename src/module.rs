@@ -274,7 +274,7 @@ impl Module {
     /// Catches its own panics: the IPv4 entry point has no guard (ffi.rs).
     #[inline(never)]
     fn listed(&self, key: Key) -> i32 {
-        crate::ffi::guard("apiban_check", APIBAN_NOT_LISTED, || self.listed_unguarded(key))
+        crate::log::guard("apiban_check", APIBAN_NOT_LISTED, || self.listed_unguarded(key))
     }
 
     fn listed_unguarded(&self, key: Key) -> i32 {
@@ -291,7 +291,7 @@ impl Module {
     /// panics, as `listed`.
     #[inline(never)]
     fn banned(&self, key: Key) -> i32 {
-        crate::ffi::guard("apiban_check", APIBAN_NOT_LISTED, || self.banned_unguarded(key))
+        crate::log::guard("apiban_check", APIBAN_NOT_LISTED, || self.banned_unguarded(key))
     }
 
     fn banned_unguarded(&self, key: Key) -> i32 {

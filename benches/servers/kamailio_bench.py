@@ -129,10 +129,10 @@ def log_size(kam):
     return os.path.getsize(kam.log_path) if os.path.exists(kam.log_path) else 0
 
 
-def mapping_rss(pid, size):
-    """Resident bytes of the mappings of exactly `size` bytes in /proc/pid/smaps."""
+def mapping_rss(pid, sizes):
+    """Resident bytes of the mappings of exactly these sizes in /proc/pid/smaps (each must exist)."""
     rss = 0
-    found = False
+    found = set()
     cur = None
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
@@ -140,10 +140,11 @@ def mapping_rss(pid, size):
             if m:
                 cur = int(m.group(2), 16) - int(m.group(1), 16)
                 continue
-            if cur == size and line.startswith("Rss:"):
+            if cur in sizes and line.startswith("Rss:"):
                 rss += int(line.split()[1]) * 1024
-                found = True
-    if not found:
+                found.add(cur)
+    if found != set(sizes):
+        size = sorted(set(sizes) - found)
         with open(f"/proc/{pid}/maps") as f:
             sizes = sorted({int(b, 16) - int(a, 16) for a, b in re.findall(r"^([0-9a-f]+)-([0-9a-f]+) ", f.read(), re.M)})
         raise AssertionError(f"no mapping of {size} bytes in process {pid} (src/table.rs layout changed?); "
@@ -162,13 +163,14 @@ def private_rss(pid):
 
 
 def table_mapping_size(max_entries):
-    """Bytes Table::new(max_entries) maps (src/table.rs): a page-aligned header, then two
-    generations of IPv4 slots (u64) and two of IPv6 slots (3 x u64), each page aligned, at two
-    slots per entry."""
+    """The sizes of the two mappings Table::new(max_entries) makes (src/table.rs): a page-aligned
+    header and two generations of IPv4 buckets (64 bytes, 3 entries each), then two generations
+    of IPv6 buckets (64 bytes, 4 per 3 entries), each generation page aligned."""
     def align(x):
         return (x + 4095) & ~4095
-    cap = max(2 * max_entries, 16)
-    return align(3 * 64) + 2 * align(cap * 8) + 2 * align(cap * 24)
+    b4 = max(-(-max_entries // 3), 4)
+    b6 = max(-(-max_entries * 4 // 3), 4)
+    return [align(3 * 64) + 2 * align(b4 * 64), 2 * align(b6 * 64)]
 
 
 # ---- servers ------------------------------------------------------------------------------------
