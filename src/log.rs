@@ -153,6 +153,19 @@ macro_rules! log_warn { ($($t:tt)*) => { $crate::log::write($crate::log::Level::
 macro_rules! log_info { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($t)*)) } }
 pub(crate) use {log_err, log_info, log_warn};
 
+/// Runs `f`, and answers `fallback` if it panics: what every function the shims call does (an
+/// unwinding panic must never cross into the host), and the lookup's cold paths, which catch
+/// their own. The panic itself is logged by the hook installed in mod_init.
+pub(crate) fn guard<R>(what: &str, fallback: R, f: impl FnOnce() -> R) -> R {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => {
+            log_err!("{what}: internal error, answered safely (see the previous message)");
+            fallback
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,18 +188,5 @@ mod tests {
         set_secret(Secret::RedisPassword, "pw7");
         set_secret(Secret::ProxyPassword, "");
         assert_eq!(redact("k9 and pw7"), "*** and ***");
-    }
-}
-
-/// Runs `f`, and answers `fallback` if it panics: what every function the shims call does (an
-/// unwinding panic must never cross into the host), and the lookup's cold paths, which catch
-/// their own. The panic itself is logged by the hook installed in mod_init.
-pub(crate) fn guard<R>(what: &str, fallback: R, f: impl FnOnce() -> R) -> R {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(_) => {
-            log_err!("{what}: internal error, answered safely (see the previous message)");
-            fallback
-        }
     }
 }
