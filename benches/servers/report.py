@@ -595,14 +595,15 @@ def main():
         sec3c.append("")
         sec3c.append("htable: `kamcmd core.shmmem` `real_used` (allocator overhead included) after the load minus "
                      "before, over N, with Kamailio's default shared-memory allocator. Module: the resident size "
-                     "(`Rss` in `/proc/<refresher>/smaps`) of its table mapping after the load minus while empty, "
+                     "(`Rss` in `/proc/<refresher>/smaps`) of its table's two mappings (IPv4 with the header, and "
+                     "IPv6) after the load minus while empty, "
                      "over N; *steady* is after the second publish, *after the first load* after the first. Each "
                      "publish writes the new generation aside, switches to it, then gives the old one's pages back "
                      "(`madvise(MADV_REMOVE)`, once its sequence is marked odd so that a reader still in it retries), "
-                     "so one generation is resident between publishes and two only while one is built. The mapping is "
-                     "reserved for `max_entries` (1 M: 128 MB virtual) but pages are only used as filled. The "
-                     "refresher also keeps the list in its own heap (the master map it merges increments into and "
-                     "writes snapshots from): private to that one process, not shared memory; shown for "
+                     "so one generation is resident between publishes and two only while one is built. The mappings "
+                     "are reserved for `max_entries` (1 M: 43 MB for IPv4 and 171 MB for IPv6, virtual) but pages "
+                     "are only used as filled. The refresher also keeps the list in its own heap (the held list, "
+                     "sorted, that it merges increments into and writes snapshots from): private to that one process, not shared memory; shown for "
                      "completeness (allocator-retained memory included).")
         m = kload["module"][nmax]
         s = kload["script"][nmax]
