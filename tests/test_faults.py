@@ -96,13 +96,19 @@ class FeedFaultCase(unittest.TestCase):
             return s if good else None
         return wait_until(ok, timeout=timeout, step=0.1, what=f"a healthy table of {len(ips)} entries")
 
-    def wait_error(self, expect, from_id, timeout=20):
-        """A request from `from_id` fails with an error containing `expect` (its log line: so the
-        failure seen is that of the pull the test asked for, not of one before it). A refused key
-        is logged as an error (the operator has to act), every other failure as a warning."""
+    @staticmethod
+    def error_line(expect, from_id):
+        """The log line of a request from `from_id` failing with `expect`. A refused key is logged
+        as an error (the operator has to act), every other failure as a warning."""
         level = "ERROR" if "API key was refused" in expect else "WARNING"
-        line = re.compile(rf"{level}: apiban: feed request from ID {from_id} failed: .*{re.escape(expect)}")
-        n0 = len(line.findall(self.kam.log()))
+        return re.compile(rf"{level}: apiban: feed request from ID {from_id} failed: .*{re.escape(expect)}")
+
+    def wait_error(self, expect, from_id, n0, timeout=20):
+        """A request from `from_id` fails with an error containing `expect`: one more of its log
+        lines than the `n0` counted before the pull was asked for (so the failure seen is that of
+        the pull the test asked for, not of one before it; counted before, since a reload starts
+        at once and may have failed by the time this is called)."""
+        line = self.error_line(expect, from_id)
         wait_until(lambda: len(line.findall(self.kam.log())) > n0, timeout=timeout, step=0.1,
                    what=line.pattern)
         s = self.kam.stats()
@@ -142,6 +148,8 @@ class FeedFaultCase(unittest.TestCase):
         (logged) and the table, SIP and the last ID stay as they were. Without reload, waits for
         the next incremental pull. Returns the stats seen."""
         new = self.fresh_ip()
+        from_id = 100 if reload else self.s0["last_id"]
+        n0 = len(self.error_line(expect, from_id).findall(self.kam.log()))
         if stop_feed:
             self.feed.stop()
         else:
@@ -149,8 +157,7 @@ class FeedFaultCase(unittest.TestCase):
         self.feed.add([new])
         if reload:
             self.reload()
-        from_id = 100 if reload else self.s0["last_id"]
-        s = self.wait_error(expect, from_id, timeout=6 * TIMEOUT + 10)
+        s = self.wait_error(expect, from_id, n0, timeout=6 * TIMEOUT + 10)
         self.assertTrue(s["state"].startswith("backoff until "), s["state"])
         self.assertIn(expect, s["state"])
         self.assertGreater(s["backoff_until"], 0)
